@@ -1,0 +1,31 @@
+"""Time as the library sees it: an injectable clock returning aware UTC datetimes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+Clock = Callable[[], datetime]
+"""A callable returning the current time as an aware datetime (converted to UTC)."""
+
+
+def utc_now() -> datetime:
+    """Return the current time as an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+def to_timestamp(moment: datetime) -> float:
+    """Convert an aware datetime to POSIX seconds, the one format stored by this library."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"clock returned a naive datetime: {moment!r}; return an aware one")
+    return moment.timestamp()
+
+
+def from_timestamp(seconds: float) -> datetime:
+    """Convert stored POSIX seconds back to an aware UTC datetime."""
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def now_timestamp(clock: Clock) -> float:
+    """Read ``clock`` and return POSIX seconds."""
+    return to_timestamp(clock())

@@ -1,0 +1,79 @@
+"""Exceptions raised by agent_sessions.
+
+Every error the library raises on purpose derives from one base, so an app can catch
+``AgentSessionsError`` and get a message that names what failed::
+
+    AgentSessionsError
+    ├── InvalidArgumentError      (also ValueError)  an argument is out of range or of a bad type
+    │   ├── ConfigurationError                       a setting is invalid
+    │   ├── InvalidIdentifierError                   a user or conversation id is unusable
+    │   └── InvalidItemError                         an item cannot be stored as JSON
+    ├── SessionNotFoundError      (also LookupError) no session has that id
+    ├── SessionClosedError        (also RuntimeError) the session or manager was closed
+    └── StorageError                                 the database failed
+        ├── StorageUnavailableError                  the file cannot be opened or written
+        ├── StorageBusyError                         the database stayed locked too long
+        ├── StorageFullError                         the disk or database is full
+        └── CorruptDatabaseError                     the file is not a usable SQLite database
+
+Driver errors (``sqlite3``/``aiosqlite``) are translated into ``StorageError`` subclasses at
+one boundary, ``agent_sessions.storage.translate_errors``, with the original as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+
+class AgentSessionsError(Exception):
+    """Base class of every error raised by agent_sessions."""
+
+
+class InvalidArgumentError(AgentSessionsError, ValueError):
+    """An argument is out of range or of the wrong type; nothing was changed."""
+
+
+class ConfigurationError(InvalidArgumentError):
+    """A setting (from the environment or ``.env``) is invalid."""
+
+
+class InvalidIdentifierError(InvalidArgumentError):
+    """A user id, conversation id or session id cannot be used."""
+
+
+class InvalidItemError(InvalidArgumentError):
+    """An item passed to ``add_items`` is not a JSON object that can be stored."""
+
+
+class SessionNotFoundError(AgentSessionsError, LookupError):
+    """No stored session has the given id."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"no session with id {session_id!r}")
+        self.session_id = session_id
+
+
+class SessionClosedError(AgentSessionsError, RuntimeError):
+    """The session or manager was used after ``close()``."""
+
+
+class StorageError(AgentSessionsError):
+    """The database could not complete an operation."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class StorageUnavailableError(StorageError):
+    """The database file cannot be opened, created or written."""
+
+
+class StorageBusyError(StorageError):
+    """The database stayed locked by other writers for longer than the busy timeout."""
+
+
+class StorageFullError(StorageError):
+    """The disk, or the database's page limit, is full; nothing from the failed write was kept."""
+
+
+class CorruptDatabaseError(StorageError):
+    """The file is not a SQLite database, or its structure is damaged."""

@@ -1,0 +1,120 @@
+"""Session ids derived from (user, conversation), collision-free by construction.
+
+Plain ids (UUIDs, and tokens of ASCII letters, digits and ``-``) map to the readable form
+``user_{user_id}_conv_{conversation_id}``. Any other printable id is percent-encoded first:
+every character outside ``[A-Za-z0-9.@+-]`` (``_`` and ``%`` included) becomes ``%XX`` per
+UTF-8 byte. Encoded components therefore never contain ``_``, so ``_conv_`` occurs exactly
+once in a derived id and the mapping is injective: two different pairs never share an id.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import uuid
+from urllib.parse import unquote
+
+from .errors import InvalidArgumentError, InvalidIdentifierError
+
+MAX_ID_LENGTH = 128
+"""Longest user or conversation id accepted, in characters."""
+
+_SAFE = frozenset(string.ascii_letters + string.digits + ".@+-")
+_DERIVED = re.compile(r"user_([A-Za-z0-9.@+%-]+)_conv_([A-Za-z0-9.@+%-]+)")
+_LEGACY = re.compile(r"user_(.+?)_conv_(.+)", re.DOTALL)
+
+
+def normalize_identifier(value: object, what: str = "id") -> str:
+    """Return ``value`` as a validated id string.
+
+    Raises:
+        InvalidIdentifierError: if ``value`` is not a ``str``/``uuid.UUID``, is empty or
+            whitespace-only, contains control or other non-printable characters, or is longer
+            than ``MAX_ID_LENGTH`` characters.
+    """
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if not isinstance(value, str):
+        raise InvalidIdentifierError(
+            f"{what} must be a str or uuid.UUID, not {type(value).__name__}"
+        )
+    if not value.strip():
+        raise InvalidIdentifierError(f"{what} must not be empty or whitespace-only")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidIdentifierError(
+            f"{what} is {len(value)} characters long; the limit is {MAX_ID_LENGTH}"
+        )
+    if not value.isprintable():
+        bad = next(ch for ch in value if not ch.isprintable())
+        raise InvalidIdentifierError(
+            f"{what} contains a non-printable character {bad!r}: {value!r}"
+        )
+    return value
+
+
+def _encode(component: str) -> str:
+    if all(ch in _SAFE for ch in component):
+        return component
+    return "".join(
+        ch if ch in _SAFE else "".join(f"%{byte:02X}" for byte in ch.encode("utf-8"))
+        for ch in component
+    )
+
+
+def get_session_id(user_id: str | uuid.UUID, conversation_id: str | uuid.UUID) -> str:
+    """Return the session id for a (user, conversation) pair.
+
+    Args:
+        user_id: The user's id: a ``uuid.UUID`` or a printable string of at most 128 characters.
+        conversation_id: The conversation's id, with the same rules.
+
+    Returns:
+        ``user_{user_id}_conv_{conversation_id}`` for UUIDs and tokens of letters, digits and
+        ``-``; a percent-encoded variant of the same form for any other printable id.
+
+    Raises:
+        InvalidIdentifierError: if either id is unusable (see ``normalize_identifier``).
+    """
+    user = normalize_identifier(user_id, "user_id")
+    conversation = normalize_identifier(conversation_id, "conversation_id")
+    return f"user_{_encode(user)}_conv_{_encode(conversation)}"
+
+
+def parse_session_id(session_id: str) -> tuple[str, str] | None:
+    """Recover ``(user_id, conversation_id)`` from a session id, or ``None`` if ambiguous.
+
+    Ids made by ``get_session_id`` always parse. Older ids written by hand as
+    ``f"user_{u}_conv_{c}"`` parse when ``_conv_`` occurs exactly once and both parts are
+    valid ids; any other id yields ``None`` (it keeps working by its session id).
+    """
+    derived = _DERIVED.fullmatch(session_id)
+    if derived is not None:
+        user, conversation = unquote(derived[1]), unquote(derived[2])
+        try:
+            if get_session_id(user, conversation) == session_id:
+                return user, conversation
+        except InvalidIdentifierError:
+            pass
+    legacy = _LEGACY.fullmatch(session_id)
+    if legacy is None or session_id.count("_conv_") != 1:
+        return None
+    try:
+        return (
+            normalize_identifier(legacy[1], "user_id"),
+            normalize_identifier(legacy[2], "conversation_id"),
+        )
+    except InvalidIdentifierError:
+        return None
+
+
+def positive_int(value: object, what: str, *, minimum: int = 1) -> int:
+    """Return ``value`` if it is an int of at least ``minimum`` (bools are refused).
+
+    Raises:
+        InvalidArgumentError: naming ``what`` otherwise.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidArgumentError(
+            f"{what} must be an integer >= {minimum}, got {value!r}"
+        )
+    return value

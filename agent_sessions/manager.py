@@ -1,0 +1,339 @@
+"""``SessionManager``: stats, listing, pruning, clearing and cleanup over aiosqlite."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+import warnings
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import aiosqlite
+from pydantic import BaseModel, ConfigDict
+
+from . import storage
+from .clock import Clock, from_timestamp, now_timestamp, utc_now
+from .errors import InvalidIdentifierError, SessionClosedError, SessionNotFoundError
+from .ids import normalize_identifier, positive_int
+from .settings import AgentSessionSettings, resolve_setting
+
+CLEANUP_BATCH_SIZE = 100
+"""Sessions deleted per cleanup transaction: small, so live writers wait only briefly."""
+
+
+class SessionStats(BaseModel):
+    """What is stored for one session."""
+
+    model_config = ConfigDict(frozen=True)
+
+    session_id: str
+    user_id: str | None
+    """``None`` for an adopted session whose id cannot be split unambiguously."""
+    conversation_id: str | None
+    message_count: int
+    """Stored items that decode as items."""
+    corrupt_items: int
+    """Stored rows that could not be decoded (skipped on read)."""
+    created_at: datetime
+    last_activity: datetime
+
+
+def _session_id(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidIdentifierError(f"session_id must be a non-empty str, got {value!r}")
+    return value
+
+
+class SessionManager:
+    """Inspect and maintain the sessions stored in one database.
+
+    Use it as ``async with SessionManager(...) as manager:`` or call ``close()`` when done.
+    The connection opens on first use.
+    """
+
+    def __init__(
+        self,
+        db_path: str | Path | None = None,
+        *,
+        max_messages: int | None = None,
+        retention_days: int | None = None,
+        settings: AgentSessionSettings | None = None,
+        clock: Clock | None = None,
+        cleanup_batch_size: int = CLEANUP_BATCH_SIZE,
+    ) -> None:
+        """Configure the manager; nothing is opened yet.
+
+        Args:
+            db_path: SQLite file; defaults to the settings' ``db_path``.
+            max_messages: Bound applied by ``prune_session_messages``; defaults to settings.
+            retention_days: Idle days before cleanup deletes a session; defaults to settings.
+            settings: Settings to use instead of ``get_settings()``.
+            clock: Returns the current aware datetime; idleness is measured against it.
+            cleanup_batch_size: Sessions deleted per cleanup transaction.
+
+        Raises:
+            InvalidArgumentError: if a number is not a positive integer.
+        """
+        self.db_path = str(resolve_setting(db_path, "db_path", settings))
+        self.max_messages = positive_int(
+            resolve_setting(max_messages, "max_messages", settings), "max_messages"
+        )
+        self.retention_days = positive_int(
+            resolve_setting(retention_days, "retention_days", settings), "retention_days"
+        )
+        self.cleanup_batch_size = positive_int(cleanup_batch_size, "cleanup_batch_size")
+        self._clock: Clock = clock or utc_now
+        self._db: aiosqlite.Connection | None = None
+        self._open_lock = asyncio.Lock()
+        self._closed = False
+
+    # --- lifecycle ---
+
+    async def _connection(self) -> aiosqlite.Connection:
+        if self._closed:
+            raise SessionClosedError(f"SessionManager for {self.db_path!r} is closed")
+        if self._db is not None:
+            return self._db
+        async with self._open_lock:
+            if self._db is None:
+                path = storage.prepare_path(self.db_path)
+                await asyncio.to_thread(lambda: storage.connect(path).close())
+                with storage.translate_errors(path):
+                    db = await aiosqlite.connect(path, isolation_level=None)
+                    try:
+                        for pragma in storage.CONNECTION_PRAGMAS:
+                            await db.execute(pragma)
+                    except BaseException:
+                        await db.close()
+                        raise
+                self._db = db
+        return self._db
+
+    async def open(self) -> Self:
+        """Open the connection (and migrate the schema) now rather than on first use."""
+        await self._connection()
+        return self
+
+    async def close(self) -> None:
+        """Close the connection; the manager cannot be used afterwards."""
+        self._closed = True
+        db, self._db = self._db, None
+        if db is not None:
+            await db.close()
+
+    async def __aenter__(self) -> Self:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_db", None) is not None:
+            warnings.warn(
+                f"SessionManager for {self.db_path!r} was not closed",
+                ResourceWarning,
+                stacklevel=1,
+            )
+
+    # --- queries ---
+
+    def _now(self) -> float:
+        return now_timestamp(self._clock)
+
+    def _cutoff(self, retention_days: int) -> float:
+        return self._now() - timedelta(days=retention_days).total_seconds()
+
+    async def _stats(self, db: aiosqlite.Connection, row: Any) -> SessionStats:
+        session_id, user_id, conversation_id, created_ts, last_activity_ts = row
+        rows = await db.execute_fetchall(storage.SELECT_ALL_ROWS, (session_id,))
+        decoded = storage.decode_rows(rows)  # type: ignore[arg-type]
+        return SessionStats(
+            session_id=session_id,
+            user_id=user_id,
+            conversation_id=conversation_id,
+            message_count=len(decoded.items),
+            corrupt_items=len(decoded.corrupt_row_ids),
+            created_at=from_timestamp(created_ts if created_ts is not None else 0.0),
+            last_activity=from_timestamp(last_activity_ts if last_activity_ts is not None else 0.0),
+        )
+
+    async def get_session_stats(self, session_id: str) -> SessionStats:
+        """Return what is stored for ``session_id``.
+
+        Raises:
+            SessionNotFoundError: if no session has that id.
+        """
+        session_id = _session_id(session_id)
+        db = await self._connection()
+        with storage.translate_errors(self.db_path):
+            rows = list(await db.execute_fetchall(storage.SELECT_SESSION, (session_id,)))
+            if not rows:
+                raise SessionNotFoundError(session_id)
+            return await self._stats(db, rows[0])
+
+    async def list_sessions(
+        self, user_id: str | uuid.UUID | None = None, *, limit: int = 50, offset: int = 0
+    ) -> list[SessionStats]:
+        """List sessions, most recent activity first, optionally only ``user_id``'s.
+
+        Raises:
+            InvalidArgumentError: if ``limit`` < 1 or ``offset`` < 0.
+            InvalidIdentifierError: if ``user_id`` is unusable.
+        """
+        limit = positive_int(limit, "limit")
+        offset = positive_int(offset, "offset", minimum=0)
+        db = await self._connection()
+        with storage.translate_errors(self.db_path):
+            if user_id is None:
+                rows = await db.execute_fetchall(storage.LIST_SESSIONS, (limit, offset))
+            else:
+                user = normalize_identifier(user_id, "user_id")
+                rows = await db.execute_fetchall(
+                    storage.LIST_USER_SESSIONS, (user, limit, offset)
+                )
+            return [await self._stats(db, row) for row in rows]
+
+    async def get_active_session_count(self) -> int:
+        """Count sessions active within the last ``retention_days``."""
+        db = await self._connection()
+        with storage.translate_errors(self.db_path):
+            rows = list(
+                await db.execute_fetchall(
+                    storage.COUNT_ACTIVE_SESSIONS, (self._cutoff(self.retention_days),)
+                )
+            )
+        return int(rows[0][0])
+
+    async def get_average_messages_per_session(self) -> float:
+        """Average stored items per session; ``0.0`` when there are no sessions."""
+        db = await self._connection()
+        with storage.translate_errors(self.db_path):
+            rows = list(await db.execute_fetchall(storage.COUNT_SESSIONS_AND_ROWS))
+        sessions, items = rows[0]
+        return float(items) / sessions if sessions else 0.0
+
+    # --- maintenance ---
+
+    async def prune_session_messages(self, session_id: str) -> int:
+        """Apply the pruning rule to one session now (e.g. after lowering ``max_messages``).
+
+        Returns:
+            The number of items deleted.
+
+        Raises:
+            SessionNotFoundError: if no session has that id.
+        """
+        session_id = _session_id(session_id)
+        db = await self._connection()
+        with storage.translate_errors(self.db_path):
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                if not list(await db.execute_fetchall(storage.SELECT_SESSION, (session_id,))):
+                    raise SessionNotFoundError(session_id)
+                rows = await db.execute_fetchall(storage.SELECT_ALL_ROWS, (session_id,))
+                cut = storage.plan_cut(list(rows), self.max_messages)  # type: ignore[arg-type]
+                deleted = 0
+                if cut is not None:
+                    cursor = await db.execute(storage.DELETE_ROWS_BEFORE, (session_id, cut))
+                    deleted = cursor.rowcount
+                await db.commit()
+            except BaseException:
+                await db.rollback()
+                raise
+        return deleted
+
+    async def prune_all_sessions(self) -> int:
+        """Apply the pruning rule to every session, one transaction each.
+
+        Returns:
+            The number of items deleted in all.
+        """
+        db = await self._connection()
+        with storage.translate_errors(self.db_path):
+            ids = [row[0] for row in await db.execute_fetchall(storage.LIST_SESSION_IDS)]
+        deleted = 0
+        for session_id in ids:
+            try:
+                deleted += await self.prune_session_messages(session_id)
+            except SessionNotFoundError:
+                continue  # cleared since it was listed
+        return deleted
+
+    async def clear_session(self, session_id: str) -> int:
+        """Delete a session and all its items.
+
+        Returns:
+            The number of items deleted.
+
+        Raises:
+            SessionNotFoundError: if no session has that id.
+        """
+        session_id = _session_id(session_id)
+        db = await self._connection()
+        with storage.translate_errors(self.db_path):
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                if not list(await db.execute_fetchall(storage.SELECT_SESSION, (session_id,))):
+                    raise SessionNotFoundError(session_id)
+                deleted = (await db.execute(storage.DELETE_SESSION_ROWS, (session_id,))).rowcount
+                await db.execute(storage.DELETE_SESSION, (session_id,))
+                await db.commit()
+            except BaseException:
+                await db.rollback()
+                raise
+        return deleted
+
+    async def cleanup_inactive_sessions(
+        self, *, retention_days: int | None = None, dry_run: bool = False
+    ) -> int:
+        """Delete sessions idle for more than ``retention_days``, with all their items.
+
+        Works in batches of ``cleanup_batch_size`` sessions, one short transaction each, so
+        live writers are never blocked for long. Each batch re-checks idleness inside its
+        transaction: a session written to meanwhile is kept whole.
+
+        Args:
+            retention_days: Overrides the manager's ``retention_days`` for this call.
+            dry_run: Only count the sessions that would be deleted.
+
+        Returns:
+            The number of sessions deleted (or, with ``dry_run``, that would be).
+        """
+        days = positive_int(
+            retention_days if retention_days is not None else self.retention_days,
+            "retention_days",
+        )
+        cutoff = self._cutoff(days)
+        db = await self._connection()
+        with storage.translate_errors(self.db_path):
+            if dry_run:
+                rows = list(await db.execute_fetchall(storage.COUNT_IDLE_SESSIONS, (cutoff,)))
+                return int(rows[0][0])
+            deleted = 0
+            while True:
+                batch = [
+                    row[0]
+                    for row in await db.execute_fetchall(
+                        storage.SELECT_IDLE_BATCH, (cutoff, self.cleanup_batch_size)
+                    )
+                ]
+                if not batch:
+                    return deleted
+                delete_rows, delete_sessions = storage.delete_idle_batch_statements(len(batch))
+                params = (cutoff, *batch)
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    await db.execute(delete_rows, params)
+                    cursor = await db.execute(delete_sessions, params)
+                    await db.commit()
+                except BaseException:
+                    await db.rollback()
+                    raise
+                deleted += cursor.rowcount

@@ -1,0 +1,130 @@
+"""Where to cut a conversation so that what is kept stays valid model input.
+
+Pure functions over decoded items; the storage layer only executes the cut. An entry of
+``None`` stands for a stored row that could not be decoded: it counts towards the length
+but is never a place to cut.
+
+The rule, for a history longer than ``max_items``:
+
+1. keep the longest suffix of length <= ``max_items`` that starts at a user message;
+2. else keep the suffix from the newest user message (the current turn stays whole);
+3. else (no user message at all) keep the longest suffix of length <= ``max_items`` that is
+   *safe* to start at (see ``is_safe_start``);
+4. else keep everything: pruning never empties a session and never breaks it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+Item = Mapping[str, Any]
+"""A decoded session item (a JSON object)."""
+
+_APPROVAL_REQUEST = "mcp_approval_request"
+_APPROVAL_RESPONSE = "mcp_approval_response"
+
+
+def is_user_message(item: Item | None) -> bool:
+    """Return whether ``item`` is a message from the user (a turn starts there)."""
+    return item is not None and item.get("role") == "user"
+
+
+def pairing(item: Item | None) -> tuple[bool, str] | None:
+    """Classify ``item`` as one half of a call/output pair.
+
+    Returns:
+        ``(True, key)`` for a call or approval request, ``(False, key)`` for a tool output or
+        approval response, ``None`` for anything else. Halves of one pair share ``key``.
+    """
+    if item is None:
+        return None
+    kind = item.get("type")
+    if kind == _APPROVAL_REQUEST:
+        return True, f"approval:{item.get('id')}"
+    if kind == _APPROVAL_RESPONSE:
+        return False, f"approval:{item.get('approval_request_id')}"
+    call_id = item.get("call_id")
+    if isinstance(kind, str) and kind.endswith("_output"):
+        # local_shell_call_output names its call by ``id``; the others by ``call_id``.
+        return False, f"call:{call_id if call_id is not None else item.get('id')}"
+    if call_id is not None:
+        return True, f"call:{call_id}"
+    return None
+
+
+def _unsafe_starts(items: Sequence[Item | None]) -> list[bool]:
+    """For each index, whether a suffix starting there would break a pair or a reasoning item."""
+    n = len(items)
+    unsafe = [False] * (n + 1)
+    calls: dict[str, int] = {}
+    outputs: dict[str, int] = {}
+    for index, item in enumerate(items):
+        half = pairing(item)
+        if half is None:
+            continue
+        is_call, key = half
+        (calls if is_call else outputs).setdefault(key, index)
+    for key, call_at in calls.items():
+        output_at = outputs.get(key)
+        # Cutting after the call and at or before its output orphans the output, and a call
+        # whose output has not arrived would orphan it later: both forbid these starts.
+        end = n if output_at is None or output_at < call_at else output_at
+        for start in range(call_at + 1, end + 1):
+            unsafe[start] = True
+    for key, output_at in outputs.items():
+        call_at = calls.get(key)
+        if call_at is None or call_at > output_at:
+            # Already without its call: any suffix that still holds it is invalid.
+            for start in range(output_at + 1):
+                unsafe[start] = True
+    for index, item in enumerate(items):
+        if item is None:
+            unsafe[index] = True
+        elif item.get("type") == "reasoning" and index + 1 <= n:
+            unsafe[index + 1] = True
+    return unsafe[:n]
+
+
+def is_safe_start(items: Sequence[Item | None], start: int) -> bool:
+    """Return whether ``items[start:]`` is valid history on its own.
+
+    Safe means: no tool output or approval response is kept without its call or request, no
+    call is dropped while its output is yet to arrive, ``start`` is not right after a
+    reasoning item, and ``items[start]`` is a decodable item.
+    """
+    if not 0 <= start < len(items):
+        return False
+    return not _unsafe_starts(items)[start]
+
+
+def first_user_message(items: Sequence[Item | None], start: int = 0) -> int | None:
+    """Index of the first user message at or after ``start``, or ``None``."""
+    for index in range(start, len(items)):
+        if is_user_message(items[index]):
+            return index
+    return None
+
+
+def cut_index(items: Sequence[Item | None], max_items: int) -> int:
+    """Index of the first item to keep when bounding ``items`` to ``max_items``.
+
+    ``0`` means keep everything. See the module docstring for the rule.
+    """
+    if max_items < 1:
+        raise ValueError(f"max_items must be at least 1, got {max_items}")
+    n = len(items)
+    if n <= max_items:
+        return 0
+    lowest = n - max_items
+    start = first_user_message(items, lowest)
+    if start is not None:
+        return start
+    for index in range(lowest - 1, -1, -1):
+        if is_user_message(items[index]):
+            return index
+    unsafe = _unsafe_starts(items)
+    for index in range(lowest, n):
+        if not unsafe[index]:
+            return index
+    return 0

@@ -1,0 +1,122 @@
+"""The daily cleanup job, wired into APScheduler 3.x, in an app or as a standalone daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from zoneinfo import ZoneInfo
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from .manager import SessionManager
+from .settings import AgentSessionSettings, get_settings
+
+logger = logging.getLogger("agent_sessions")
+
+CLEANUP_JOB_ID = "agent-sessions-cleanup"
+"""Id of the cleanup job; registering it again replaces the earlier one."""
+
+MISFIRE_GRACE_SECONDS = 3600
+"""A run missed (e.g. the process was asleep) still happens if less than this late."""
+
+
+async def run_cleanup(
+    manager: SessionManager | None = None, settings: AgentSessionSettings | None = None
+) -> int | None:
+    """Run one cleanup, logging the outcome; never raises, so the schedule survives errors.
+
+    With no ``manager``, a fresh one is opened from ``settings`` for this run and closed after.
+
+    Returns:
+        The number of sessions deleted, or ``None`` if the run failed (the error is logged).
+    """
+    try:
+        if manager is not None:
+            deleted = await manager.cleanup_inactive_sessions()
+            db_path = manager.db_path
+        else:
+            async with SessionManager(settings=settings or get_settings()) as own:
+                deleted = await own.cleanup_inactive_sessions()
+                db_path = own.db_path
+    except Exception:
+        logger.exception("agent_sessions cleanup failed")
+        return None
+    logger.info("agent_sessions cleanup deleted %d idle session(s) from %s", deleted, db_path)
+    return deleted
+
+
+def start_cleanup_scheduler(
+    manager: SessionManager | None = None,
+    *,
+    scheduler: AsyncIOScheduler | None = None,
+    settings: AgentSessionSettings | None = None,
+) -> AsyncIOScheduler:
+    """Schedule ``cleanup_inactive_sessions`` daily at ``cleanup_hour:cleanup_minute``.
+
+    Registers the job ``CLEANUP_JOB_ID`` (replacing any earlier one): coalesced, one instance
+    at a time, with a misfire grace of ``MISFIRE_GRACE_SECONDS``. Starts the scheduler if it
+    is not running, which needs a running event loop (call it from async code, e.g. a
+    FastAPI lifespan). Several processes each running it is safe: cleanup works in short
+    transactions and a second run finds nothing left to delete.
+
+    Args:
+        manager: The manager to clean up with (the caller closes it); by default each run
+            opens its own from ``settings``.
+        scheduler: An existing scheduler to add the job to; by default a new one.
+        settings: Settings for the schedule and the default manager.
+
+    Returns:
+        The scheduler; call ``scheduler.shutdown()`` on exit.
+    """
+    settings = settings or get_settings()
+    zone = ZoneInfo(settings.timezone)
+    if scheduler is None:
+        scheduler = AsyncIOScheduler(timezone=zone)
+    scheduler.add_job(
+        run_cleanup,
+        trigger=CronTrigger(
+            hour=settings.cleanup_hour, minute=settings.cleanup_minute, timezone=zone
+        ),
+        args=(manager, settings),
+        id=CLEANUP_JOB_ID,
+        name="agent_sessions cleanup",
+        replace_existing=True,
+        coalesce=True,
+        max_instances=1,
+        misfire_grace_time=MISFIRE_GRACE_SECONDS,
+    )
+    if not scheduler.running:
+        scheduler.start()
+    return scheduler
+
+
+async def run_daemon(
+    settings: AgentSessionSettings | None = None, *, stop: asyncio.Event | None = None
+) -> None:
+    """Run the scheduled cleanup in the foreground until SIGINT/SIGTERM (or ``stop`` is set)."""
+    settings = settings or get_settings()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, stop.set)
+            handled.append(signum)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
+            pass
+    scheduler = start_cleanup_scheduler(settings=settings)
+    job = scheduler.get_job(CLEANUP_JOB_ID)
+    logger.info(
+        "agent_sessions cleanup daemon started for %s; next run at %s",
+        settings.db_path,
+        job.next_run_time if job is not None else "?",
+    )
+    try:
+        await stop.wait()
+    finally:
+        scheduler.shutdown(wait=False)
+        for signum in handled:
+            loop.remove_signal_handler(signum)
+        logger.info("agent_sessions cleanup daemon stopped")

@@ -1,0 +1,104 @@
+"""Settings read from the environment and ``.env`` (prefix ``AGENT_SESSION_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import TypeVar
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigurationError
+
+ENV_PREFIX = "AGENT_SESSION_"
+
+T = TypeVar("T")
+
+
+class AgentSessionSettings(BaseSettings):
+    """Configuration of sessions, the manager, the scheduler and the CLI.
+
+    Every field can be set as an environment variable named ``AGENT_SESSION_<FIELD>`` (for
+    example ``AGENT_SESSION_MAX_MESSAGES=100``) or in a ``.env`` file in the working directory.
+    Invalid values fail when the settings are built, with an error naming the field.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+        validate_default=True,
+    )
+
+    db_path: Path = Field(
+        default=Path("./data/agent_sessions.db"),
+        description="SQLite database file; its parent folder is created when needed.",
+    )
+    max_messages: int = Field(
+        default=200, ge=1, description="Items kept per session after every write."
+    )
+    retention_days: int = Field(
+        default=7, ge=1, description="Sessions idle for longer than this are deleted by cleanup."
+    )
+    cleanup_hour: int = Field(default=2, ge=0, le=23, description="Hour of the daily cleanup.")
+    cleanup_minute: int = Field(
+        default=0, ge=0, le=59, description="Minute of the daily cleanup."
+    )
+    timezone: str = Field(default="UTC", description="IANA time zone of the cleanup schedule.")
+
+    @field_validator("db_path")
+    @classmethod
+    def _db_path_not_blank(cls, value: Path) -> Path:
+        if not str(value).strip():
+            raise ValueError("db_path must not be empty")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+
+def load_settings() -> AgentSessionSettings:
+    """Build settings from the environment, translating validation errors.
+
+    Raises:
+        ConfigurationError: naming each invalid field and its environment variable.
+    """
+    try:
+        return AgentSessionSettings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{ENV_PREFIX}{'.'.join(str(p) for p in error['loc']).upper()}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise ConfigurationError(f"invalid agent_sessions settings: {problems}") from exc
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> AgentSessionSettings:
+    """Return the process-wide settings, built on first use and cached.
+
+    Call ``get_settings.cache_clear()`` after changing the environment.
+    """
+    return load_settings()
+
+
+def resolve_setting(value: T | None, name: str, settings: AgentSessionSettings | None) -> T:
+    """Return ``value``, or when it is ``None`` the field ``name`` of the settings.
+
+    ``settings`` defaults to ``get_settings()``, read only when a value is missing, so code
+    given every argument explicitly never touches the environment.
+    """
+    if value is not None:
+        return value
+    resolved: T = getattr(settings if settings is not None else get_settings(), name)
+    return resolved

@@ -1,0 +1,580 @@
+"""SQLite storage: the schema, its migrations, and every SQL statement the library runs.
+
+Session and manager code never format SQL; they call the functions here (synchronous, on a
+``sqlite3.Connection``) or pass the named statements to ``aiosqlite``. This module is the seam
+where another backend plugs in.
+
+The tables are the SDK's own ``agent_sessions``/``agent_messages`` (so a database written by a
+plain ``agents.SQLiteSession`` is adopted in place, and stays readable by it), plus columns of
+ours on ``agent_sessions`` and a table recording which migrations ran. Timestamps we write are
+POSIX seconds (``REAL``, UTC) from an injected clock; the SDK's ``CURRENT_TIMESTAMP`` text is
+converted once, in SQL, to the same format.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import (
+    CorruptDatabaseError,
+    InvalidItemError,
+    StorageBusyError,
+    StorageError,
+    StorageFullError,
+    StorageUnavailableError,
+)
+from .ids import parse_session_id
+from .pruning import Item, cut_index, is_user_message
+
+logger = logging.getLogger("agent_sessions")
+
+SESSIONS_TABLE = "agent_sessions"
+MESSAGES_TABLE = "agent_messages"
+SCHEMA_TABLE = "agent_sessions_schema"
+
+BUSY_TIMEOUT_MS = 30_000
+"""How long a statement waits for another connection's write lock before failing."""
+
+# SQLite's julianday() of the SDK's naive-UTC text, as POSIX seconds. (Not unixepoch():
+# it needs SQLite 3.38, and Python builds older than that are still about.)
+_SDK_TEXT_TO_TS = "((julianday({col}) - 2440587.5) * 86400.0)"
+_NOW_TS = "((julianday('now') - 2440587.5) * 86400.0)"
+
+
+# --- errors -------------------------------------------------------------------------------
+
+_BUSY_CODES = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED
+_FULL_CODES = {13}  # SQLITE_FULL
+_UNAVAILABLE_CODES = {8, 10, 14, 23}  # SQLITE_READONLY, SQLITE_IOERR, SQLITE_CANTOPEN, AUTH
+_CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
+def translate_error(exc: sqlite3.Error, path: str | Path) -> StorageError:
+    """Map a driver error to the library's ``StorageError`` tree, naming the database."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    text = str(exc)
+    where = f"database {str(path)!r}"
+    if primary in _FULL_CODES or "full" in text:
+        return StorageFullError(f"storage is full: {where}: {text}", path=str(path))
+    if primary in _BUSY_CODES or "locked" in text:
+        return StorageBusyError(
+            f"{where} stayed locked by other writers for over {BUSY_TIMEOUT_MS // 1000} s: "
+            f"{text}",
+            path=str(path),
+        )
+    if primary in _CORRUPT_CODES or "not a database" in text or "malformed" in text:
+        return CorruptDatabaseError(
+            f"{where} is not a usable SQLite database: {text}", path=str(path)
+        )
+    if primary in _UNAVAILABLE_CODES or "unable to open" in text or "readonly" in text:
+        return StorageUnavailableError(
+            f"cannot open or write {where}: {text}", path=str(path)
+        )
+    return StorageError(f"{where}: {text}", path=str(path))
+
+
+@contextlib.contextmanager
+def translate_errors(path: str | Path) -> Iterator[None]:
+    """Re-raise ``sqlite3`` errors inside the block as ``StorageError`` subclasses."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise translate_error(exc, path) from exc
+
+
+# --- connections ----------------------------------------------------------------------------
+
+
+def prepare_path(db_path: str | Path) -> str:
+    """Return ``db_path`` as a string, creating its parent folder for file databases.
+
+    Raises:
+        StorageUnavailableError: if the folder cannot be created or the path is a folder.
+    """
+    text = str(db_path)
+    if text == ":memory:" or text.startswith("file:"):
+        return text
+    path = Path(text).expanduser()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageUnavailableError(
+            f"cannot create the folder for database {text!r}: {exc.strerror or exc}", path=text
+        ) from exc
+    if path.is_dir():
+        raise StorageUnavailableError(f"database path {text!r} is a folder", path=text)
+    return str(path)
+
+
+CONNECTION_PRAGMAS = (
+    # A long busy timeout turns lock waits between processes into waits, not errors.
+    f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
+    # Durable across process crashes in WAL mode; a power loss may drop the newest commits
+    # but never corrupts the file.
+    "PRAGMA synchronous = NORMAL",
+)
+
+
+def configure_connection(conn: sqlite3.Connection) -> None:
+    """Set the per-connection pragmas every connection of ours uses."""
+    for pragma in CONNECTION_PRAGMAS:
+        conn.execute(pragma)
+
+
+def connect(db_path: str | Path) -> sqlite3.Connection:
+    """Open a configured, migrated connection (used by the CLI and tooling).
+
+    Raises:
+        StorageError: (a subclass) naming the path if it cannot be opened or migrated.
+    """
+    text = prepare_path(db_path)
+    with translate_errors(text):
+        conn = sqlite3.connect(text, check_same_thread=False)
+        try:
+            configure_connection(conn)
+            enable_wal(conn)
+            migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+    return conn
+
+
+def enable_wal(conn: sqlite3.Connection) -> None:
+    """Switch the database to WAL so readers never block writers."""
+    conn.execute("PRAGMA journal_mode = WAL")
+
+
+@contextlib.contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """Run the block in one ``BEGIN IMMEDIATE`` transaction; commit, or roll back on error.
+
+    ``IMMEDIATE`` takes the write lock up front, so a transaction that reads before it writes
+    cannot fail half-way with an unretryable lock upgrade.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
+
+
+# --- schema and migrations ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema change, applied once inside the migrating transaction."""
+
+    version: int
+    description: str
+    apply: Callable[[sqlite3.Connection], None]
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')}
+
+
+def _adopt_sdk_tables(conn: sqlite3.Connection) -> None:
+    # The SDK's own DDL, so a database we create stays usable by a plain SQLiteSession.
+    conn.execute(
+        f"""CREATE TABLE IF NOT EXISTS {SESSIONS_TABLE} (
+            session_id TEXT PRIMARY KEY,
+            created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+            updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
+        )"""
+    )
+    conn.execute(
+        f"""CREATE TABLE IF NOT EXISTS {MESSAGES_TABLE} (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            session_id TEXT NOT NULL,
+            message_data TEXT NOT NULL,
+            created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+            FOREIGN KEY (session_id) REFERENCES {SESSIONS_TABLE} (session_id)
+                ON DELETE CASCADE
+        )"""
+    )
+    conn.execute(
+        f"CREATE INDEX IF NOT EXISTS idx_{MESSAGES_TABLE}_session_id "
+        f"ON {MESSAGES_TABLE} (session_id, id)"
+    )
+    # Our columns carry no non-constant default: SQLite refuses to add such a column to a
+    # table that already has rows.
+    existing = _columns(conn, SESSIONS_TABLE)
+    for column, kind in (
+        ("user_id", "TEXT"),
+        ("conversation_id", "TEXT"),
+        ("created_ts", "REAL"),
+        ("last_activity_ts", "REAL"),
+    ):
+        if column not in existing:
+            conn.execute(f"ALTER TABLE {SESSIONS_TABLE} ADD COLUMN {column} {kind}")
+    # Messages whose session row was deleted by hand are still history to the SDK (it reads
+    # by session_id alone): give them a row so they are listed and expire like the rest.
+    conn.execute(
+        f"""INSERT INTO {SESSIONS_TABLE} (session_id, created_at, updated_at)
+            SELECT session_id, MIN(created_at), MAX(created_at) FROM {MESSAGES_TABLE} AS m
+            WHERE NOT EXISTS (
+                SELECT 1 FROM {SESSIONS_TABLE} AS s WHERE s.session_id = m.session_id
+            )
+            GROUP BY session_id"""
+    )
+    conn.execute(
+        f"""UPDATE {SESSIONS_TABLE} SET
+            created_ts = coalesce(created_ts, {_SDK_TEXT_TO_TS.format(col="created_at")},
+                                  {_NOW_TS}),
+            last_activity_ts = coalesce({_SDK_TEXT_TO_TS.format(col="updated_at")},
+                                        {_SDK_TEXT_TO_TS.format(col="created_at")},
+                                        {_NOW_TS})
+            WHERE last_activity_ts IS NULL"""
+    )
+    rows = conn.execute(
+        f"SELECT session_id FROM {SESSIONS_TABLE} WHERE user_id IS NULL"
+    ).fetchall()
+    owners = []
+    for (session_id,) in rows:
+        parsed = parse_session_id(session_id) if isinstance(session_id, str) else None
+        if parsed is not None:
+            owners.append((parsed[0], parsed[1], session_id))
+    conn.executemany(
+        f"UPDATE {SESSIONS_TABLE} SET user_id = ?, conversation_id = ? WHERE session_id = ?",
+        owners,
+    )
+    conn.execute(
+        f"CREATE INDEX IF NOT EXISTS idx_{SESSIONS_TABLE}_user "
+        f"ON {SESSIONS_TABLE} (user_id, last_activity_ts)"
+    )
+    conn.execute(
+        f"CREATE INDEX IF NOT EXISTS idx_{SESSIONS_TABLE}_last_activity "
+        f"ON {SESSIONS_TABLE} (last_activity_ts)"
+    )
+    # A plain SQLiteSession sharing the file writes only the SDK's columns; keep ours in step
+    # so its sessions are listed and expire too.
+    conn.execute(
+        f"""CREATE TRIGGER IF NOT EXISTS {SESSIONS_TABLE}_sdk_insert
+            AFTER INSERT ON {SESSIONS_TABLE} WHEN NEW.last_activity_ts IS NULL
+            BEGIN
+                UPDATE {SESSIONS_TABLE} SET
+                    created_ts = coalesce({_SDK_TEXT_TO_TS.format(col="NEW.created_at")},
+                                          {_NOW_TS}),
+                    last_activity_ts = coalesce({_SDK_TEXT_TO_TS.format(col="NEW.updated_at")},
+                                                {_NOW_TS})
+                WHERE session_id = NEW.session_id;
+            END"""
+    )
+    conn.execute(
+        f"""CREATE TRIGGER IF NOT EXISTS {SESSIONS_TABLE}_sdk_touch
+            AFTER UPDATE OF updated_at ON {SESSIONS_TABLE}
+            BEGIN
+                UPDATE {SESSIONS_TABLE} SET last_activity_ts = max(
+                    coalesce(last_activity_ts, 0),
+                    coalesce({_SDK_TEXT_TO_TS.format(col="NEW.updated_at")}, {_NOW_TS}))
+                WHERE session_id = NEW.session_id;
+            END"""
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "adopt the SDK tables; add owner and activity columns", _adopt_sdk_tables),
+)
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """Return the newest migration applied to the database (0 for none)."""
+    try:
+        row = conn.execute(f"SELECT MAX(version) FROM {SCHEMA_TABLE}").fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return 0
+        raise
+    return int(row[0] or 0)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema up to ``LATEST_VERSION``; safe when several processes race to do it.
+
+    Migrations run inside one ``BEGIN IMMEDIATE`` transaction and the version is re-read
+    after the lock is taken, so the first process migrates and the others find it done.
+
+    Returns:
+        The number of migrations applied by this call.
+
+    Raises:
+        StorageError: if the database was migrated by a newer version of this library.
+    """
+    if schema_version(conn) == LATEST_VERSION:
+        return 0
+    if conn.in_transaction:
+        conn.commit()
+    with write_transaction(conn):
+        conn.execute(
+            f"""CREATE TABLE IF NOT EXISTS {SCHEMA_TABLE} (
+                version INTEGER PRIMARY KEY,
+                description TEXT NOT NULL,
+                applied_at REAL NOT NULL DEFAULT {_NOW_TS}
+            )"""
+        )
+        current = schema_version(conn)
+        if current > LATEST_VERSION:
+            raise StorageError(
+                f"database schema version {current} is newer than this agent_sessions "
+                f"supports ({LATEST_VERSION}); upgrade agent_sessions"
+            )
+        applied = 0
+        for migration in MIGRATIONS:
+            if migration.version <= current:
+                continue
+            migration.apply(conn)
+            conn.execute(
+                f"INSERT INTO {SCHEMA_TABLE} (version, description) VALUES (?, ?)",
+                (migration.version, migration.description),
+            )
+            applied += 1
+    return applied
+
+
+# --- items ----------------------------------------------------------------------------------
+
+
+def encode_items(items: Iterable[Any]) -> list[str]:
+    """Serialise items to JSON text, rejecting anything that would not read back as an item.
+
+    Raises:
+        InvalidItemError: naming the position of the first item that is not a JSON object or
+            not serialisable; nothing is written in that case.
+    """
+    payloads = []
+    for position, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise InvalidItemError(
+                f"item {position} is a {type(item).__name__}, not a dict (a JSON object)"
+            )
+        try:
+            payloads.append(json.dumps(item, allow_nan=False))
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise InvalidItemError(f"item {position} cannot be stored as JSON: {exc}") from exc
+    return payloads
+
+
+def decode_item(data: object) -> Item | None:
+    """Decode one stored row, or return ``None`` if it is not a JSON object."""
+    if not isinstance(data, str | bytes):
+        return None
+    try:
+        item = json.loads(data)
+    except (ValueError, TypeError, RecursionError):
+        return None
+    return item if isinstance(item, dict) else None
+
+
+@dataclass(frozen=True)
+class DecodedRows:
+    """Items decoded from stored rows, and the ids of rows that could not be decoded."""
+
+    items: list[Item]
+    corrupt_row_ids: list[int]
+
+
+def decode_rows(rows: Iterable[tuple[int, object]]) -> DecodedRows:
+    """Decode ``(row_id, message_data)`` rows in order, setting aside corrupt ones."""
+    items: list[Item] = []
+    corrupt: list[int] = []
+    for row_id, data in rows:
+        item = decode_item(data)
+        if item is None:
+            corrupt.append(row_id)
+        else:
+            items.append(item)
+    return DecodedRows(items, corrupt)
+
+
+# --- session reads and writes (synchronous, one connection) -------------------------------
+
+SELECT_ALL_ROWS = (
+    f"SELECT id, message_data FROM {MESSAGES_TABLE} WHERE session_id = ? ORDER BY id"
+)
+SELECT_NEWEST_ROWS = (
+    f"SELECT id, message_data FROM {MESSAGES_TABLE} WHERE session_id = ? "
+    "ORDER BY id DESC LIMIT ?"
+)
+SELECT_ROWS_FROM_OFFSET = (
+    f"SELECT id, message_data FROM {MESSAGES_TABLE} WHERE session_id = ? "
+    "ORDER BY id LIMIT -1 OFFSET ?"
+)
+COUNT_ROWS = f"SELECT COUNT(*) FROM {MESSAGES_TABLE} WHERE session_id = ?"
+DELETE_ROWS_BEFORE = f"DELETE FROM {MESSAGES_TABLE} WHERE session_id = ? AND id < ?"
+DELETE_ROW = f"DELETE FROM {MESSAGES_TABLE} WHERE id = ?"
+DELETE_SESSION_ROWS = f"DELETE FROM {MESSAGES_TABLE} WHERE session_id = ?"
+DELETE_SESSION = f"DELETE FROM {SESSIONS_TABLE} WHERE session_id = ?"
+INSERT_ROW = f"INSERT INTO {MESSAGES_TABLE} (session_id, message_data) VALUES (?, ?)"
+UPSERT_SESSION = f"""
+    INSERT INTO {SESSIONS_TABLE}
+        (session_id, user_id, conversation_id, created_ts, last_activity_ts)
+    VALUES (?, ?, ?, ?, ?)
+    ON CONFLICT (session_id) DO UPDATE SET
+        last_activity_ts = max(coalesce(last_activity_ts, 0), excluded.last_activity_ts),
+        user_id = coalesce(user_id, excluded.user_id),
+        conversation_id = coalesce(conversation_id, excluded.conversation_id),
+        created_ts = coalesce(created_ts, excluded.created_ts)
+"""
+TOUCH_SESSION = (
+    f"UPDATE {SESSIONS_TABLE} SET last_activity_ts = max(coalesce(last_activity_ts, 0), ?) "
+    "WHERE session_id = ?"
+)
+
+
+@dataclass(frozen=True)
+class SessionKey:
+    """Who a session belongs to, as written to its row."""
+
+    session_id: str
+    user_id: str | None
+    conversation_id: str | None
+
+
+def read_items(
+    conn: sqlite3.Connection, session_id: str, limit: int | None
+) -> DecodedRows:
+    """Return a session's items in order, oldest first, with the SDK's ``limit`` semantics.
+
+    ``None`` or a negative limit reads everything, ``0`` reads nothing, ``n > 0`` reads the
+    newest ``n`` decodable items (the read window widens past corrupt rows).
+    """
+    if limit is None or limit < 0:
+        return decode_rows(conn.execute(SELECT_ALL_ROWS, (session_id,)))
+    if limit == 0:
+        return DecodedRows([], [])
+    window = limit
+    while True:
+        rows = conn.execute(SELECT_NEWEST_ROWS, (session_id, window)).fetchall()
+        decoded = decode_rows(reversed(rows))
+        if len(decoded.items) >= limit or len(rows) < window:
+            return DecodedRows(decoded.items[-limit:], decoded.corrupt_row_ids)
+        window *= 2
+
+
+def prune(conn: sqlite3.Connection, session_id: str, max_items: int) -> int:
+    """Delete the oldest items of a session down to ``max_items`` by the pruning rule.
+
+    Runs inside the caller's transaction. Usually it decodes only a few rows: the first user
+    message in the newest ``max_items`` rows is the cut. Only when there is none does it
+    decode the whole session and apply ``pruning.cut_index``.
+
+    Returns:
+        The number of rows deleted.
+    """
+    (count,) = conn.execute(COUNT_ROWS, (session_id,)).fetchone()
+    if count <= max_items:
+        return 0
+    window = conn.execute(SELECT_ROWS_FROM_OFFSET, (session_id, count - max_items)).fetchall()
+    cut_row_id: int | None = None
+    for row_id, data in window:
+        item = decode_item(data)
+        if is_user_message(item):
+            cut_row_id = row_id
+            break
+    if cut_row_id is None:
+        cut_row_id = plan_cut(conn.execute(SELECT_ALL_ROWS, (session_id,)).fetchall(), max_items)
+    if cut_row_id is None:
+        return 0
+    return conn.execute(DELETE_ROWS_BEFORE, (session_id, cut_row_id)).rowcount
+
+
+def plan_cut(rows: Sequence[tuple[int, object]], max_items: int) -> int | None:
+    """Row id of the first row to keep under the pruning rule, or ``None`` to keep all."""
+    index = cut_index([decode_item(data) for _, data in rows], max_items)
+    return rows[index][0] if index > 0 else None
+
+
+def append_items(
+    conn: sqlite3.Connection,
+    key: SessionKey,
+    payloads: Sequence[str],
+    now: float,
+    max_items: int,
+) -> int:
+    """Record activity, insert encoded items and prune, inside the caller's transaction.
+
+    Returns:
+        The number of rows pruned.
+    """
+    conn.execute(
+        UPSERT_SESSION, (key.session_id, key.user_id, key.conversation_id, now, now)
+    )
+    conn.executemany(INSERT_ROW, [(key.session_id, payload) for payload in payloads])
+    return prune(conn, key.session_id, max_items)
+
+
+def pop_newest(conn: sqlite3.Connection, session_id: str, now: float) -> Item | None:
+    """Delete and return the newest decodable item; corrupt rows are skipped, not deleted."""
+    window = 1
+    while True:
+        rows = conn.execute(SELECT_NEWEST_ROWS, (session_id, window)).fetchall()
+        for row_id, data in rows:
+            item = decode_item(data)
+            if item is not None:
+                conn.execute(DELETE_ROW, (row_id,))
+                conn.execute(TOUCH_SESSION, (now, session_id))
+                return item
+        if len(rows) < window:
+            return None
+        window *= 4
+
+
+def delete_session(conn: sqlite3.Connection, session_id: str) -> int:
+    """Delete a session's rows and its session row explicitly; return the rows deleted."""
+    deleted = conn.execute(DELETE_SESSION_ROWS, (session_id,)).rowcount
+    conn.execute(DELETE_SESSION, (session_id,))
+    return int(deleted)
+
+
+# --- manager statements (run through aiosqlite) --------------------------------------------
+
+_SESSION_COLUMNS = "session_id, user_id, conversation_id, created_ts, last_activity_ts"
+SELECT_SESSION = f"SELECT {_SESSION_COLUMNS} FROM {SESSIONS_TABLE} WHERE session_id = ?"
+LIST_SESSIONS = (
+    f"SELECT {_SESSION_COLUMNS} FROM {SESSIONS_TABLE} "
+    "ORDER BY last_activity_ts DESC, session_id LIMIT ? OFFSET ?"
+)
+LIST_USER_SESSIONS = (
+    f"SELECT {_SESSION_COLUMNS} FROM {SESSIONS_TABLE} WHERE user_id = ? "
+    "ORDER BY last_activity_ts DESC, session_id LIMIT ? OFFSET ?"
+)
+LIST_SESSION_IDS = f"SELECT session_id FROM {SESSIONS_TABLE} ORDER BY session_id"
+COUNT_ACTIVE_SESSIONS = f"SELECT COUNT(*) FROM {SESSIONS_TABLE} WHERE last_activity_ts >= ?"
+COUNT_SESSIONS_AND_ROWS = (
+    f"SELECT (SELECT COUNT(*) FROM {SESSIONS_TABLE}), (SELECT COUNT(*) FROM {MESSAGES_TABLE})"
+)
+COUNT_IDLE_SESSIONS = f"SELECT COUNT(*) FROM {SESSIONS_TABLE} WHERE last_activity_ts < ?"
+SELECT_IDLE_BATCH = (
+    f"SELECT session_id FROM {SESSIONS_TABLE} WHERE last_activity_ts < ? "
+    "ORDER BY last_activity_ts LIMIT ?"
+)
+
+
+def delete_idle_batch_statements(batch_size: int) -> tuple[str, str]:
+    """Statements deleting the rows, then the sessions, of up to ``batch_size`` idle ids.
+
+    Both re-check idleness, so a session written to since it was selected is kept whole.
+    Parameters: ``cutoff`` then the ``batch_size`` session ids.
+    """
+    marks = ", ".join("?" * batch_size)
+    idle = (
+        f"SELECT session_id FROM {SESSIONS_TABLE} "
+        f"WHERE last_activity_ts < ? AND session_id IN ({marks})"
+    )
+    return (
+        f"DELETE FROM {MESSAGES_TABLE} WHERE session_id IN ({idle})",
+        f"DELETE FROM {SESSIONS_TABLE} WHERE session_id IN ({idle})",
+    )
