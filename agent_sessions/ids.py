@@ -114,7 +114,5 @@ def positive_int(value: object, what: str, *, minimum: int = 1) -> int:
         InvalidArgumentError: naming ``what`` otherwise.
     """
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidArgumentError(
-            f"{what} must be an integer >= {minimum}, got {value!r}"
-        )
+        raise InvalidArgumentError(f"{what} must be an integer >= {minimum}, got {value!r}")
     return value

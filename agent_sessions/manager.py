@@ -178,6 +178,20 @@ class SessionManager:
                 raise SessionNotFoundError(session_id)
             return await self._stats(db, rows[0])
 
+    async def get_items(self, session_id: str) -> list[dict[str, Any]]:
+        """Return a session's decodable items, oldest first (corrupt rows are skipped).
+
+        Raises:
+            SessionNotFoundError: if no session has that id.
+        """
+        session_id = _session_id(session_id)
+        db = await self._connection()
+        with storage.translate_errors(self.db_path):
+            if not list(await db.execute_fetchall(storage.SELECT_SESSION, (session_id,))):
+                raise SessionNotFoundError(session_id)
+            rows = await db.execute_fetchall(storage.SELECT_ALL_ROWS, (session_id,))
+        return [dict(item) for item in storage.decode_rows(rows).items]  # type: ignore[arg-type]
+
     async def list_sessions(
         self, user_id: str | uuid.UUID | None = None, *, limit: int = 50, offset: int = 0
     ) -> list[SessionStats]:
@@ -195,10 +209,15 @@ class SessionManager:
                 rows = await db.execute_fetchall(storage.LIST_SESSIONS, (limit, offset))
             else:
                 user = normalize_identifier(user_id, "user_id")
-                rows = await db.execute_fetchall(
-                    storage.LIST_USER_SESSIONS, (user, limit, offset)
-                )
+                rows = await db.execute_fetchall(storage.LIST_USER_SESSIONS, (user, limit, offset))
             return [await self._stats(db, row) for row in rows]
+
+    async def get_session_count(self) -> int:
+        """Count all stored sessions."""
+        db = await self._connection()
+        with storage.translate_errors(self.db_path):
+            rows = list(await db.execute_fetchall(storage.COUNT_SESSIONS_AND_ROWS))
+        return int(rows[0][0])
 
     async def get_active_session_count(self) -> int:
         """Count sessions active within the last ``retention_days``."""

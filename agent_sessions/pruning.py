@@ -66,15 +66,15 @@ def _unsafe_starts(items: Sequence[Item | None]) -> list[bool]:
         is_call, key = half
         (calls if is_call else outputs).setdefault(key, index)
     for key, call_at in calls.items():
-        output_at = outputs.get(key)
+        answered_at = outputs.get(key)
         # Cutting after the call and at or before its output orphans the output, and a call
         # whose output has not arrived would orphan it later: both forbid these starts.
-        end = n if output_at is None or output_at < call_at else output_at
+        end = n if answered_at is None or answered_at < call_at else answered_at
         for start in range(call_at + 1, end + 1):
             unsafe[start] = True
     for key, output_at in outputs.items():
-        call_at = calls.get(key)
-        if call_at is None or call_at > output_at:
+        called_at = calls.get(key)
+        if called_at is None or called_at > output_at:
             # Already without its call: any suffix that still holds it is invalid.
             for start in range(output_at + 1):
                 unsafe[start] = True

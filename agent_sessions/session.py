@@ -77,7 +77,9 @@ class AgentSession(SQLiteSession):
         )
         self._clock: Clock = clock or utc_now
         self._key = storage.SessionKey(session_id, user, conversation)
-        path = storage.prepare_path(resolve_setting(db_path, "db_path", settings))
+        if db_path is None:
+            db_path = (settings or get_settings()).db_path
+        path = storage.prepare_path(db_path)
         with storage.translate_errors(path):
             super().__init__(session_id, path, session_settings=session_settings)
 
@@ -127,7 +129,7 @@ class AgentSession(SQLiteSession):
                 len(decoded.corrupt_row_ids),
                 decoded.corrupt_row_ids[:10],
             )
-        return list(decoded.items)  # type: ignore[arg-type]
+        return list(decoded.items)
 
     async def add_items(self, items: list[TResponseInputItem]) -> None:
         """Append items, then prune to ``max_messages``, in one transaction.

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import TypeVar
 from pathlib import Path
+from typing import TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationError, field_validator
@@ -45,9 +45,7 @@ class AgentSessionSettings(BaseSettings):
         default=7, ge=1, description="Sessions idle for longer than this are deleted by cleanup."
     )
     cleanup_hour: int = Field(default=2, ge=0, le=23, description="Hour of the daily cleanup.")
-    cleanup_minute: int = Field(
-        default=0, ge=0, le=59, description="Minute of the daily cleanup."
-    )
+    cleanup_minute: int = Field(default=0, ge=0, le=59, description="Minute of the daily cleanup.")
     timezone: str = Field(default="UTC", description="IANA time zone of the cleanup schedule.")
 
     @field_validator("db_path")

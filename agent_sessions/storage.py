@@ -66,8 +66,7 @@ def translate_error(exc: sqlite3.Error, path: str | Path) -> StorageError:
         return StorageFullError(f"storage is full: {where}: {text}", path=str(path))
     if primary in _BUSY_CODES or "locked" in text:
         return StorageBusyError(
-            f"{where} stayed locked by other writers for over {BUSY_TIMEOUT_MS // 1000} s: "
-            f"{text}",
+            f"{where} stayed locked by other writers for over {BUSY_TIMEOUT_MS // 1000} s: {text}",
             path=str(path),
         )
     if primary in _CORRUPT_CODES or "not a database" in text or "malformed" in text:
@@ -75,9 +74,7 @@ def translate_error(exc: sqlite3.Error, path: str | Path) -> StorageError:
             f"{where} is not a usable SQLite database: {text}", path=str(path)
         )
     if primary in _UNAVAILABLE_CODES or "unable to open" in text or "readonly" in text:
-        return StorageUnavailableError(
-            f"cannot open or write {where}: {text}", path=str(path)
-        )
+        return StorageUnavailableError(f"cannot open or write {where}: {text}", path=str(path))
     return StorageError(f"{where}: {text}", path=str(path))
 
 
@@ -238,9 +235,7 @@ def _adopt_sdk_tables(conn: sqlite3.Connection) -> None:
                                         {_NOW_TS})
             WHERE last_activity_ts IS NULL"""
     )
-    rows = conn.execute(
-        f"SELECT session_id FROM {SESSIONS_TABLE} WHERE user_id IS NULL"
-    ).fetchall()
+    rows = conn.execute(f"SELECT session_id FROM {SESSIONS_TABLE} WHERE user_id IS NULL").fetchall()
     owners = []
     for (session_id,) in rows:
         parsed = parse_session_id(session_id) if isinstance(session_id, str) else None
@@ -401,12 +396,9 @@ def decode_rows(rows: Iterable[tuple[int, object]]) -> DecodedRows:
 
 # --- session reads and writes (synchronous, one connection) -------------------------------
 
-SELECT_ALL_ROWS = (
-    f"SELECT id, message_data FROM {MESSAGES_TABLE} WHERE session_id = ? ORDER BY id"
-)
+SELECT_ALL_ROWS = f"SELECT id, message_data FROM {MESSAGES_TABLE} WHERE session_id = ? ORDER BY id"
 SELECT_NEWEST_ROWS = (
-    f"SELECT id, message_data FROM {MESSAGES_TABLE} WHERE session_id = ? "
-    "ORDER BY id DESC LIMIT ?"
+    f"SELECT id, message_data FROM {MESSAGES_TABLE} WHERE session_id = ? ORDER BY id DESC LIMIT ?"
 )
 SELECT_ROWS_FROM_OFFSET = (
     f"SELECT id, message_data FROM {MESSAGES_TABLE} WHERE session_id = ? "
@@ -443,9 +435,7 @@ class SessionKey:
     conversation_id: str | None
 
 
-def read_items(
-    conn: sqlite3.Connection, session_id: str, limit: int | None
-) -> DecodedRows:
+def read_items(conn: sqlite3.Connection, session_id: str, limit: int | None) -> DecodedRows:
     """Return a session's items in order, oldest first, with the SDK's ``limit`` semantics.
 
     ``None`` or a negative limit reads everything, ``0`` reads nothing, ``n > 0`` reads the
@@ -509,9 +499,7 @@ def append_items(
     Returns:
         The number of rows pruned.
     """
-    conn.execute(
-        UPSERT_SESSION, (key.session_id, key.user_id, key.conversation_id, now, now)
-    )
+    conn.execute(UPSERT_SESSION, (key.session_id, key.user_id, key.conversation_id, now, now))
     conn.executemany(INSERT_ROW, [(key.session_id, payload) for payload in payloads])
     return prune(conn, key.session_id, max_items)
 

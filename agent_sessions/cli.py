@@ -1,0 +1,334 @@
+"""The ``agent-sessions`` command: inspect and maintain a session database.
+
+Exit codes: 0 success, 1 an unknown session or a storage failure, 2 bad input. Database
+commands import neither the Agents SDK nor the scheduler, so they start quickly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from .errors import (
+    AgentSessionsError,
+    InvalidArgumentError,
+    SessionNotFoundError,
+)
+from .manager import SessionManager, SessionStats
+from .settings import AgentSessionSettings, load_settings
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse's own usage errors: exit 2, no traceback
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of ``agent-sessions``."""
+    parser = _Parser(
+        prog="agent-sessions",
+        description="Inspect and maintain agent_sessions conversation databases.",
+    )
+    parser.add_argument(
+        "--db",
+        metavar="PATH",
+        type=Path,
+        help="SQLite database (default: AGENT_SESSION_DB_PATH or ./data/agent_sessions.db)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    stats = commands.add_parser("stats", help="totals for the whole database")
+    stats.add_argument("--json", action="store_true", help="print JSON")
+
+    listing = commands.add_parser("list", help="sessions, most recent activity first")
+    listing.add_argument("--user", metavar="ID", help="only this user's sessions")
+    listing.add_argument("--limit", type=_positive, default=50, help="at most this many (50)")
+    listing.add_argument("--offset", type=_non_negative, default=0, help="skip this many (0)")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+
+    show = commands.add_parser("show", help="one session's details and items")
+    show.add_argument("session_id", metavar="SESSION_ID")
+    show.add_argument("--json", action="store_true", help="print JSON")
+
+    export = commands.add_parser("export", help="one session's items as JSON or Markdown")
+    export.add_argument("session_id", metavar="SESSION_ID")
+    export.add_argument("--format", choices=("json", "markdown"), default="json")
+
+    prune = commands.add_parser("prune", help="apply the pruning rule now")
+    target = prune.add_mutually_exclusive_group(required=True)
+    target.add_argument("session_id", metavar="SESSION_ID", nargs="?")
+    target.add_argument("--all", action="store_true", help="every session")
+    prune.add_argument(
+        "--max-messages", type=_positive, help="bound to apply (default: the settings')"
+    )
+
+    clear = commands.add_parser("clear", help="delete one session and its items")
+    clear.add_argument("session_id", metavar="SESSION_ID")
+
+    cleanup = commands.add_parser("cleanup", help="delete sessions idle beyond retention")
+    cleanup.add_argument("--dry-run", action="store_true", help="only count them")
+    cleanup.add_argument(
+        "--retention-days", type=_positive, help="idle days allowed (default: the settings')"
+    )
+
+    commands.add_parser("daemon", help="run the scheduled cleanup until SIGINT/SIGTERM")
+    return parser
+
+
+# --- output ---------------------------------------------------------------------------------
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds")
+
+
+def _stats_json(stats: SessionStats) -> dict[str, Any]:
+    return stats.model_dump(mode="json")
+
+
+def _table(rows: Sequence[Sequence[str]], headers: Sequence[str], out: TextIO) -> None:
+    lines = [list(headers), *[list(row) for row in rows]]
+    widths = [max(len(line[column]) for line in lines) for column in range(len(headers))]
+    lines.insert(1, ["-" * width for width in widths])
+    for line in lines:
+        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        out.write("  ".join(cells).rstrip())
+        out.write("\n")
+
+
+def _text_of(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            str(part.get("text") or part.get("refusal") or f"[{part.get('type', 'part')}]")
+            for part in content
+            if isinstance(part, Mapping)
+        )
+    return json.dumps(content)
+
+
+def render_markdown(stats: SessionStats, items: Sequence[Mapping[str, Any]]) -> str:
+    """Render a session's items as a readable Markdown transcript."""
+    lines = [
+        f"# Session `{stats.session_id}`",
+        "",
+        f"- user: `{stats.user_id}`",
+        f"- conversation: `{stats.conversation_id}`",
+        f"- items: {stats.message_count} (corrupt rows skipped: {stats.corrupt_items})",
+        f"- created: {_iso(stats.created_at)}; last activity: {_iso(stats.last_activity)}",
+        "",
+    ]
+    for item in items:
+        kind = item.get("type")
+        role = item.get("role")
+        if role is not None and kind in (None, "message"):
+            lines.append(f"**{str(role).capitalize()}:** {_text_of(item.get('content'))}")
+        elif kind == "function_call":
+            lines.append(
+                f"**Tool call** `{item.get('name')}({item.get('arguments', '')})` "
+                f"(call `{item.get('call_id')}`)"
+            )
+        elif isinstance(kind, str) and kind.endswith("_output"):
+            lines.append(f"**Tool output** (call `{item.get('call_id')}`): {item.get('output')}")
+        elif kind == "reasoning":
+            lines.append("*[reasoning]*")
+        else:
+            lines.append(f"*[{kind or 'item'}]* `{json.dumps(item)[:200]}`")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+async def _stats(manager: SessionManager, args: argparse.Namespace, out: TextIO) -> int:
+    summary = {
+        "database": manager.db_path,
+        "sessions": await manager.get_session_count(),
+        "active_sessions": await manager.get_active_session_count(),
+        "idle_sessions": await manager.cleanup_inactive_sessions(dry_run=True),
+        "average_items_per_session": round(await manager.get_average_messages_per_session(), 2),
+        "retention_days": manager.retention_days,
+        "max_messages": manager.max_messages,
+    }
+    if args.json:
+        out.write(json.dumps(summary, indent=2) + "\n")
+    else:
+        width = max(len(key) for key in summary)
+        for key, value in summary.items():
+            out.write(f"{key.replace('_', ' '):<{width}}  {value}\n")
+    return EXIT_OK
+
+
+async def _list(manager: SessionManager, args: argparse.Namespace, out: TextIO) -> int:
+    sessions = await manager.list_sessions(args.user, limit=args.limit, offset=args.offset)
+    if args.json:
+        out.write(json.dumps([_stats_json(s) for s in sessions], indent=2) + "\n")
+        return EXIT_OK
+    if not sessions:
+        out.write("no sessions\n")
+        return EXIT_OK
+    _table(
+        [
+            (
+                s.session_id,
+                s.user_id or "-",
+                s.conversation_id or "-",
+                str(s.message_count),
+                str(s.corrupt_items),
+                _iso(s.last_activity),
+            )
+            for s in sessions
+        ],
+        ("SESSION", "USER", "CONVERSATION", "ITEMS", "CORRUPT", "LAST ACTIVITY"),
+        out,
+    )
+    return EXIT_OK
+
+
+async def _show(manager: SessionManager, args: argparse.Namespace, out: TextIO) -> int:
+    stats = await manager.get_session_stats(args.session_id)
+    items = await manager.get_items(args.session_id)
+    if args.json:
+        out.write(json.dumps({**_stats_json(stats), "items": items}, indent=2) + "\n")
+        return EXIT_OK
+    for key, value in _stats_json(stats).items():
+        out.write(f"{key}: {value}\n")
+    out.write("\n")
+    _table(
+        [
+            (
+                str(position),
+                str(item.get("type") or "message"),
+                str(item.get("role") or "-"),
+                _text_of(
+                    item.get("content", item.get("output", item.get("arguments", "")))
+                ).replace("\n", " ")[:60],
+            )
+            for position, item in enumerate(items)
+        ],
+        ("#", "TYPE", "ROLE", "CONTENT"),
+        out,
+    )
+    return EXIT_OK
+
+
+async def _export(manager: SessionManager, args: argparse.Namespace, out: TextIO) -> int:
+    stats = await manager.get_session_stats(args.session_id)
+    items = await manager.get_items(args.session_id)
+    if args.format == "json":
+        out.write(json.dumps({**_stats_json(stats), "items": items}, indent=2) + "\n")
+    else:
+        out.write(render_markdown(stats, items))
+    return EXIT_OK
+
+
+async def _prune(manager: SessionManager, args: argparse.Namespace, out: TextIO) -> int:
+    if args.all:
+        deleted = await manager.prune_all_sessions()
+        out.write(f"pruned {deleted} item(s) across all sessions\n")
+    else:
+        deleted = await manager.prune_session_messages(args.session_id)
+        out.write(f"pruned {deleted} item(s) from {args.session_id}\n")
+    return EXIT_OK
+
+
+async def _clear(manager: SessionManager, args: argparse.Namespace, out: TextIO) -> int:
+    deleted = await manager.clear_session(args.session_id)
+    out.write(f"cleared {args.session_id} ({deleted} item(s) deleted)\n")
+    return EXIT_OK
+
+
+async def _cleanup(manager: SessionManager, args: argparse.Namespace, out: TextIO) -> int:
+    count = await manager.cleanup_inactive_sessions(
+        retention_days=args.retention_days, dry_run=args.dry_run
+    )
+    days = args.retention_days or manager.retention_days
+    verb = "would delete" if args.dry_run else "deleted"
+    out.write(f"{verb} {count} session(s) idle for more than {days} day(s)\n")
+    return EXIT_OK
+
+
+_COMMANDS: dict[str, Callable[[SessionManager, argparse.Namespace, TextIO], Awaitable[int]]] = {
+    "stats": _stats,
+    "list": _list,
+    "show": _show,
+    "export": _export,
+    "prune": _prune,
+    "clear": _clear,
+    "cleanup": _cleanup,
+}
+
+
+async def _run(settings: AgentSessionSettings, args: argparse.Namespace, out: TextIO) -> int:
+    if args.command == "daemon":
+        from .scheduler import run_daemon  # APScheduler is only needed here
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        await run_daemon(settings)
+        return EXIT_OK
+    max_messages = getattr(args, "max_messages", None)
+    async with SessionManager(settings=settings, max_messages=max_messages) as manager:
+        return await _COMMANDS[args.command](manager, args, out)
+
+
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
+    """Run ``agent-sessions`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    out = out or sys.stdout
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        if args.db is not None:
+            settings = settings.model_copy(update={"db_path": args.db})
+        return asyncio.run(_run(settings, args, out))
+    except SessionNotFoundError as exc:
+        print(f"agent-sessions: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except InvalidArgumentError as exc:
+        print(f"agent-sessions: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except AgentSessionsError as exc:
+        print(f"agent-sessions: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
