@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 import pytest
-
 from agents import Agent, RunConfig, Runner, SQLiteSession, TResponseInputItem
 from agents.memory import SessionSettings
 from agents.result import RunResult, RunResultStreaming
@@ -237,18 +236,16 @@ async def test_unicode_content(make_session: SessionFactory, db: str) -> None:
         [
             _msg("user", "こんにちは"),
             _msg("assistant", "😊👍"),
-            _msg("user", "Привет"),  # noqa: RUF001
+            _msg("user", "Привет"),
         ]
     )
     retrieved = await session.get_items()
     assert retrieved[0].get("content") == "こんにちは"
     assert retrieved[1].get("content") == "😊👍"
-    assert retrieved[2].get("content") == "Привет"  # noqa: RUF001
+    assert retrieved[2].get("content") == "Привет"
 
 
-async def test_special_characters_and_sql_injection(
-    make_session: SessionFactory, db: str
-) -> None:
+async def test_special_characters_and_sql_injection(make_session: SessionFactory, db: str) -> None:
     session = make_session("special-chars", db)
     contents = [
         "O'Reilly",
@@ -372,9 +369,7 @@ def test_session_settings_rejects_unknown_dictionary_fields(
         make_session("invalid-settings", db, session_settings={"limitt": 1})
 
 
-async def test_get_items_uses_session_settings_limit(
-    make_session: SessionFactory, db: str
-) -> None:
+async def test_get_items_uses_session_settings_limit(make_session: SessionFactory, db: str) -> None:
     session = make_session("settings-limit", db, session_settings=SessionSettings(limit=3))
     await session.add_items([_msg("user", f"Message {i}") for i in range(5)])
 
@@ -698,9 +693,7 @@ async def _three_turns(method: str, agent: Agent[Any], session: SQLiteSession) -
 
 
 @pytest.mark.parametrize("method", RUNNER_METHODS)
-async def test_run_config_session_limit(
-    make_session: SessionFactory, db: str, method: str
-) -> None:
+async def test_run_config_session_limit(make_session: SessionFactory, db: str, method: str) -> None:
     session = make_session("limit", db)
     model = ScriptedModel([_reply(f"Reply {turn}", turn) for turn in range(1, 5)])
     agent = Agent(name="test", model=model)
@@ -795,12 +788,8 @@ async def test_run_config_session_limit_larger_than_history(
     assert last_input[2].get("content") == "Message 2"
 
 
-async def test_run_config_overrides_session_settings(
-    make_session: SessionFactory, db: str
-) -> None:
-    session = make_session(
-        "runner-override", db, session_settings=SessionSettings(limit=100)
-    )
+async def test_run_config_overrides_session_settings(make_session: SessionFactory, db: str) -> None:
+    session = make_session("runner-override", db, session_settings=SessionSettings(limit=100))
     await session.add_items([_msg("user", f"Turn {i}") for i in range(10)])
     model = ScriptedModel([_reply("Got it", 1)])
     agent = Agent(name="test", model=model)

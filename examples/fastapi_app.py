@@ -1,0 +1,114 @@
+"""A chat endpoint with per-(user, conversation) memory and scheduled cleanup.
+
+Install the extra and run it::
+
+    pip install -e '.[fastapi]'
+    uvicorn examples.fastapi_app:app --workers 2
+
+Then ``curl -X POST localhost:8000/chat -H 'content-type: application/json'
+-d '{"user_id": "ada", "conversation_id": "c1", "message": "hello"}'``.
+
+Without ``OPENAI_API_KEY`` the agent runs on the SDK's ``ScriptedModel``, which echoes the
+message, so the app works offline. Several workers may share one database file: each one
+opens its sessions on it, and each runs the cleanup job (a second run finds nothing left).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, Field
+
+if not os.environ.get("OPENAI_API_KEY"):
+    os.environ.setdefault("OPENAI_AGENTS_DISABLE_TRACING", "1")
+
+from agents import Agent, Runner
+from agents.items import TResponseInputItem
+from agents.testing import ScriptedModel, assistant_message
+
+from agent_sessions import (
+    InvalidIdentifierError,
+    SessionManager,
+    get_agent_session,
+    get_settings,
+    start_cleanup_scheduler,
+)
+
+
+class EchoModel(ScriptedModel):
+    """Offline stand-in for a real model: replies by echoing the newest user message."""
+
+    # The Runner passes ``input`` by keyword, so the parameter keeps the SDK's name.
+    async def get_response(
+        self, system_instructions: Any, input: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        items: Sequence[TResponseInputItem] = (
+            [{"role": "user", "content": input}] if isinstance(input, str) else input
+        )
+        users = [item for item in items if isinstance(item, dict) and item.get("role") == "user"]
+        text = users[-1].get("content") if users else ""
+        self.enqueue([assistant_message(f"You said: {text} ({len(items)} items of context)")])
+        return await super().get_response(system_instructions, input, *args, **kwargs)
+
+
+def build_agent() -> Agent:
+    """The app's agent: the real default model with an API key, an echo model without."""
+    if os.environ.get("OPENAI_API_KEY"):
+        return Agent(name="Assistant", instructions="Be brief.")
+    return Agent(name="Assistant", instructions="Be brief.", model=EchoModel())
+
+
+class ChatRequest(BaseModel):
+    user_id: str = Field(min_length=1, max_length=128)
+    conversation_id: str = Field(min_length=1, max_length=128)
+    message: str = Field(min_length=1)
+
+
+class ChatResponse(BaseModel):
+    reply: str
+    session_id: str
+    history_items: int
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings = get_settings()
+    manager = SessionManager(settings=settings)
+    scheduler = start_cleanup_scheduler(manager, settings=settings)
+    app.state.agent = build_agent()
+    app.state.manager = manager
+    try:
+        yield
+    finally:
+        scheduler.shutdown(wait=False)
+        await manager.close()
+
+
+app = FastAPI(title="agent_sessions chat example", lifespan=lifespan)
+
+
+@app.post("/chat")
+async def chat(request: ChatRequest) -> ChatResponse:
+    try:
+        session = get_agent_session(request.user_id, request.conversation_id)
+    except InvalidIdentifierError as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from exc
+    with session:
+        result = await Runner.run(app.state.agent, request.message, session=session)
+        items = len(await session.get_items())
+    return ChatResponse(
+        reply=str(result.final_output), session_id=session.session_id, history_items=items
+    )
+
+
+@app.get("/users/{user_id}/sessions")
+async def user_sessions(user_id: str) -> list[dict[str, Any]]:
+    try:
+        sessions = await app.state.manager.list_sessions(user_id)
+    except InvalidIdentifierError as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from exc
+    return [stats.model_dump(mode="json") for stats in sessions]

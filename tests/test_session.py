@@ -1,0 +1,228 @@
+from __future__ import annotations
+
+import asyncio
+import math
+import sqlite3
+import uuid
+from pathlib import Path
+
+import pytest
+
+from agent_sessions import (
+    AgentSession,
+    AgentSessionSettings,
+    CorruptDatabaseError,
+    InvalidArgumentError,
+    InvalidIdentifierError,
+    InvalidItemError,
+    SessionClosedError,
+    StorageUnavailableError,
+    get_agent_session,
+)
+from tests.conftest import FakeClock
+
+
+def user(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}
+
+
+def assistant(text: str) -> dict[str, object]:
+    return {
+        "type": "message",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": text}],
+    }
+
+
+async def test_file_backed_by_default_under_settings_path(tmp_path: Path) -> None:
+    with get_agent_session("alice", "c1") as session:  # cwd is tmp_path (conftest)
+        await session.add_items([user("hi")])
+        assert Path(session.db_path).resolve() == tmp_path / "data" / "agent_sessions.db"
+    assert (tmp_path / "data" / "agent_sessions.db").is_file()
+    with get_agent_session("alice", "c1") as reopened:
+        assert await reopened.get_items() == [user("hi")]
+
+
+async def test_attributes(db_path: Path) -> None:
+    uid = uuid.uuid4()
+    with AgentSession(uid, "conv-1", db_path=db_path, max_messages=7) as session:
+        assert session.user_id == str(uid)
+        assert session.conversation_id == "conv-1"
+        assert session.session_id == f"user_{uid}_conv_conv-1"
+        assert session.max_messages == 7
+        assert "conv-1" in repr(session)
+
+
+async def test_parent_folder_is_created(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "c.db"
+    with AgentSession("u", "c", db_path=path) as session:
+        await session.add_items([user("x")])
+    assert path.is_file()
+
+
+async def test_memory_database_does_not_persist() -> None:
+    with AgentSession("u", "c", db_path=":memory:") as session:
+        await session.add_items([user("x")])
+        assert await session.get_items() == [user("x")]
+    with AgentSession("u", "c", db_path=":memory:") as other:
+        assert await other.get_items() == []
+
+
+async def test_settings_object_and_explicit_arguments(db_path: Path) -> None:
+    settings = AgentSessionSettings(db_path=db_path, max_messages=3)
+    with get_agent_session("u", "c", settings=settings) as session:
+        assert session.max_messages == 3
+        assert Path(session.db_path) == db_path
+    with AgentSession("u", "c", settings=settings, max_messages=9) as session:
+        assert session.max_messages == 9
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "a\nb", "x" * 129, 42, None, b"bytes"])
+def test_invalid_ids_are_rejected_before_anything_is_created(db_path: Path, bad: object) -> None:
+    with pytest.raises(InvalidIdentifierError):
+        AgentSession(bad, "c", db_path=db_path)  # type: ignore[arg-type]
+    with pytest.raises(InvalidIdentifierError):
+        AgentSession("u", bad, db_path=db_path)  # type: ignore[arg-type]
+    assert not db_path.exists()
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 2.5, "10"])
+def test_invalid_max_messages(db_path: Path, bad: object) -> None:
+    with pytest.raises(InvalidArgumentError, match="max_messages"):
+        AgentSession("u", "c", db_path=db_path, max_messages=bad)  # type: ignore[arg-type]
+    assert not db_path.exists()
+
+
+def test_db_path_under_a_file_names_the_path(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    path = blocker / "sessions.db"
+    with pytest.raises(StorageUnavailableError, match="not-a-folder") as info:
+        AgentSession("u", "c", db_path=path)
+    assert info.value.path == str(path)
+
+
+def test_db_path_that_is_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(StorageUnavailableError, match="is a folder"):
+        AgentSession("u", "c", db_path=tmp_path)
+
+
+def test_file_that_is_not_sqlite_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    content = b"these are my notes, not a database\n" * 200
+    path.write_bytes(content)
+    with pytest.raises(CorruptDatabaseError, match="notes.db"):
+        AgentSession("u", "c", db_path=path)
+    assert path.read_bytes() == content
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["not a dict"],
+        [user("ok"), 42],
+        [{"role": "user", "content": object()}],
+        [{"role": "user", "content": math.nan}],
+        [{"role": "user", "content": {1, 2}}],
+    ],
+)
+async def test_bad_items_are_rejected_and_change_nothing(db_path: Path, bad: list[object]) -> None:
+    with AgentSession("u", "c", db_path=db_path) as session:
+        await session.add_items([user("before")])
+        with pytest.raises(InvalidItemError, match="item"):
+            await session.add_items(bad)  # type: ignore[arg-type]
+        assert await session.get_items() == [user("before")]
+
+
+async def test_closed_session_raises_our_error(db_path: Path) -> None:
+    session = AgentSession("u", "c", db_path=db_path)
+    session.close()
+    for call in (
+        session.get_items(),
+        session.add_items([user("x")]),
+        session.add_items([]),
+        session.pop_item(),
+        session.clear_session(),
+    ):
+        with pytest.raises(SessionClosedError, match="closed"):
+            await call
+    session.close()  # closing twice is harmless
+
+
+async def test_async_context_manager(db_path: Path) -> None:
+    async with AgentSession("u", "c", db_path=db_path) as session:
+        await session.add_items([user("x")])
+    with pytest.raises(SessionClosedError):
+        await session.get_items()
+
+
+async def test_session_row_records_owner_and_activity_from_the_clock(
+    db_path: Path, clock: FakeClock
+) -> None:
+    with AgentSession("alice", "c1", db_path=db_path, clock=clock) as session:
+        await session.add_items([user("a")])
+        created = clock.now.timestamp()
+        clock.advance(hours=5)
+        await session.add_items([user("b")])
+    with sqlite3.connect(db_path) as conn:
+        row = conn.execute(
+            "SELECT user_id, conversation_id, created_ts, last_activity_ts FROM agent_sessions"
+        ).fetchone()
+        indexes = {r[1] for r in conn.execute("PRAGMA index_list(agent_sessions)")}
+    conn.close()
+    assert row == ("alice", "c1", created, clock.now.timestamp())
+    assert {"idx_agent_sessions_user", "idx_agent_sessions_last_activity"} <= indexes
+
+
+async def test_pruning_runs_on_every_write(db_path: Path) -> None:
+    with AgentSession("u", "c", db_path=db_path, max_messages=4) as session:
+        for turn in range(10):
+            await session.add_items([user(f"q{turn}")])
+            await session.add_items([assistant(f"a{turn}")])
+            assert len(await session.get_items()) <= 4
+        assert await session.get_items() == [
+            user("q8"),
+            assistant("a8"),
+            user("q9"),
+            assistant("a9"),
+        ]
+
+
+async def test_pop_item_and_clear(db_path: Path) -> None:
+    with AgentSession("u", "c", db_path=db_path) as session:
+        assert await session.pop_item() is None
+        await session.add_items([user("a"), assistant("b")])
+        assert await session.pop_item() == assistant("b")
+        assert await session.get_items() == [user("a")]
+        await session.clear_session()
+        assert await session.get_items() == []
+    with sqlite3.connect(db_path) as conn:
+        counts = conn.execute(
+            "SELECT (SELECT COUNT(*) FROM agent_sessions), (SELECT COUNT(*) FROM agent_messages)"
+        ).fetchone()
+    conn.close()
+    assert counts == (0, 0)
+
+
+async def test_cancelled_write_still_completes(db_path: Path) -> None:
+    with AgentSession("u", "c", db_path=db_path) as session:
+        task = asyncio.create_task(session.add_items([user("kept")]))
+        await asyncio.sleep(0)  # let the write start, then cancel the caller
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await session.get_items() == [user("kept")]
+
+
+async def test_concurrent_writers_on_one_file_lose_nothing(db_path: Path) -> None:
+    sessions = [AgentSession(f"u{i}", "c", db_path=db_path, max_messages=1000) for i in range(8)]
+    try:
+        await asyncio.gather(
+            *(s.add_items([user(f"{s.user_id}-{n}")]) for s in sessions for n in range(25))
+        )
+        for s in sessions:
+            contents = sorted(item["content"] for item in await s.get_items())
+            assert contents == sorted(f"{s.user_id}-{n}" for n in range(25))
+    finally:
+        for s in sessions:
+            s.close()

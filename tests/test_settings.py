@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from agent_sessions import AgentSessionSettings, ConfigurationError, get_settings
+
+
+def test_defaults() -> None:
+    settings = AgentSessionSettings()
+    assert settings.db_path == Path("./data/agent_sessions.db")
+    assert settings.max_messages == 200
+    assert settings.retention_days == 7
+    assert (settings.cleanup_hour, settings.cleanup_minute) == (2, 0)
+    assert settings.timezone == "UTC"
+
+
+def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENT_SESSION_DB_PATH", "/tmp/x.db")
+    monkeypatch.setenv("AGENT_SESSION_MAX_MESSAGES", "50")
+    monkeypatch.setenv("AGENT_SESSION_TIMEZONE", "Europe/Paris")
+    settings = get_settings()
+    assert settings.db_path == Path("/tmp/x.db")
+    assert settings.max_messages == 50
+    assert settings.timezone == "Europe/Paris"
+    assert get_settings() is settings  # cached
+
+
+def test_dotenv_file_is_read(tmp_path: Path) -> None:
+    # conftest chdirs into tmp_path, so this is the working directory's .env
+    (tmp_path / ".env").write_text(
+        "AGENT_SESSION_RETENTION_DAYS=30\nAGENT_SESSION_CLEANUP_HOUR=4\n"
+    )
+    settings = get_settings()
+    assert (settings.retention_days, settings.cleanup_hour) == (30, 4)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("AGENT_SESSION_MAX_MESSAGES", "0"),
+        ("AGENT_SESSION_MAX_MESSAGES", "-5"),
+        ("AGENT_SESSION_MAX_MESSAGES", "many"),
+        ("AGENT_SESSION_RETENTION_DAYS", "0"),
+        ("AGENT_SESSION_CLEANUP_HOUR", "25"),
+        ("AGENT_SESSION_CLEANUP_MINUTE", "60"),
+        ("AGENT_SESSION_TIMEZONE", "Mars/Olympus"),
+        ("AGENT_SESSION_DB_PATH", " "),
+    ],
+)
+def test_bad_values_fail_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError, match=variable):
+        get_settings()
+    with pytest.raises(ValidationError, match=variable.removeprefix("AGENT_SESSION_").lower()):
+        AgentSessionSettings()
+
+
+def test_settings_are_frozen() -> None:
+    settings = AgentSessionSettings()
+    with pytest.raises(ValidationError):
+        settings.max_messages = 5  # type: ignore[misc]
