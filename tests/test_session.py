@@ -111,7 +111,7 @@ def test_file_that_is_not_sqlite_is_refused_and_left_alone(tmp_path: Path) -> No
     path = tmp_path / "notes.db"
     content = b"these are my notes, not a database\n" * 200
     path.write_bytes(content)
-    with pytest.raises(CorruptDatabaseError, match="notes.db"):
+    with pytest.raises(CorruptDatabaseError, match=r"notes\.db"):
         AgentSession("u", "c", db_path=path)
     assert path.read_bytes() == content
 
