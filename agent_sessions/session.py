@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import os
 import sqlite3
 import uuid
 from pathlib import Path
@@ -13,11 +13,12 @@ from typing import Any, Self
 from agents import SQLiteSession
 from agents.items import TResponseInputItem
 from agents.memory import SessionSettings
-from agents.memory.session_settings import resolve_session_limit
+from agents.memory.session_settings import coerce_session_settings, resolve_session_limit
 
 from . import storage
 from .clock import Clock, now_timestamp, utc_now
-from .errors import SessionClosedError
+from .engine import Engine, registry
+from .errors import AgentSessionsError, SessionClosedError
 from .ids import get_session_id, normalize_identifier, positive_int
 from .settings import AgentSessionSettings, get_settings, resolve_setting
 
@@ -75,38 +76,24 @@ class AgentSession(SQLiteSession):
         self.max_messages = positive_int(
             resolve_setting(max_messages, "max_messages", settings), "max_messages"
         )
-        self._clock: Clock = clock or utc_now
-        self._key = storage.SessionKey(session_id, user, conversation)
         if db_path is None:
             db_path = (settings or get_settings()).db_path
-        path = storage.prepare_path(db_path)
-        with storage.translate_errors(path):
-            super().__init__(session_id, path, session_settings=session_settings)
-
-    # --- hooks into SQLiteSession's connection handling (see tests/test_sdk_hooks.py) ---
-
-    @staticmethod
-    def _configure_connection(conn: sqlite3.Connection) -> None:
-        storage.configure_connection(conn)
-        # The SDK's version turns on WAL, retrying while another process does the same.
-        SQLiteSession._configure_connection(conn)
-
-    def _init_db_for_connection(self, conn: sqlite3.Connection) -> None:
-        storage.migrate(conn)
-
-    def _check_not_closed(self) -> None:
-        if self._closed:
-            raise SessionClosedError(f"session {self.session_id!r} is closed")
-
-    def _insert_items(self, conn: sqlite3.Connection, items: list[TResponseInputItem]) -> None:
-        # Called by SDK code paths that write inside their own transaction.
-        storage.append_items(
-            conn,
-            self._key,
-            storage.encode_items(items),
-            now_timestamp(self._clock),
-            self.max_messages,
+        # SQLiteSession.__init__ is deliberately not called: it opens a connection and checks
+        # the schema for every object (about 2 ms). The attributes it documents are set here
+        # and every method it implements is overridden, on a shared connection instead.
+        self.session_id = session_id
+        self.db_path = str(db_path) if str(db_path) == ":memory:" else os.path.expanduser(db_path)
+        self.sessions_table = storage.SESSIONS_TABLE
+        self.messages_table = storage.MESSAGES_TABLE
+        self.session_settings = (
+            coerce_session_settings(session_settings)
+            if session_settings is not None
+            else SessionSettings()
         )
+        self._clock: Clock = clock or utc_now
+        self._key = storage.SessionKey(session_id, user, conversation)
+        self._closed = False
+        self._engine: Engine | None = registry.acquire(self.db_path)
 
     # --- the Session protocol ---
 
@@ -115,13 +102,11 @@ class AgentSession(SQLiteSession):
 
         Rows that cannot be decoded as items are skipped and logged.
         """
+        engine = self._open_engine()
         session_limit = resolve_session_limit(limit, self.session_settings)
-
-        def read() -> storage.DecodedRows:
-            with self._locked_connection() as conn:
-                return storage.read_items(conn, self.session_id, session_limit)
-
-        decoded = await self._run(read)
+        decoded = await engine.read(
+            lambda conn: storage.read_items(conn, self.session_id, session_limit)
+        )
         if decoded.corrupt_row_ids:
             logger.warning(
                 "session %r: skipped %d corrupt row(s) (ids %s)",
@@ -129,7 +114,7 @@ class AgentSession(SQLiteSession):
                 len(decoded.corrupt_row_ids),
                 decoded.corrupt_row_ids[:10],
             )
-        return list(decoded.items)
+        return decoded.items  # type: ignore[return-value]
 
     async def add_items(self, items: list[TResponseInputItem]) -> None:
         """Append items, then prune to ``max_messages``, in one transaction.
@@ -138,64 +123,64 @@ class AgentSession(SQLiteSession):
             InvalidItemError: if an item is not a JSON-serialisable dict; nothing is written.
             StorageError: (a subclass) if the database fails; nothing is written.
         """
-        self._check_not_closed()
+        engine = self._open_engine()
         if not items:
             return
         payloads = storage.encode_items(items)
         now = now_timestamp(self._clock)
-
-        def write() -> int:
-            with self._write_connection() as conn, storage.write_transaction(conn):
-                return storage.append_items(conn, self._key, payloads, now, self.max_messages)
-
-        pruned = await self._mutate(write)
+        pruned = await engine.write(
+            lambda conn: storage.append_items(conn, self._key, payloads, now, self.max_messages)
+        )
         if pruned:
             logger.debug("session %r: pruned %d item(s)", self.session_id, pruned)
 
     async def pop_item(self) -> TResponseInputItem | None:
         """Remove and return the newest item, or ``None`` if the session is empty."""
+        engine = self._open_engine()
         now = now_timestamp(self._clock)
-
-        def pop() -> Any:
-            with self._write_connection() as conn, storage.write_transaction(conn):
-                return storage.pop_newest(conn, self.session_id, now)
-
-        item: TResponseInputItem | None = await self._mutate(pop)
-        return item
+        item = await engine.write(lambda conn: storage.pop_newest(conn, self.session_id, now))
+        return item  # type: ignore[return-value]
 
     async def clear_session(self) -> None:
         """Delete every item of this session and its session row."""
+        engine = self._open_engine()
+        await engine.write(lambda conn: storage.delete_session(conn, self.session_id))
 
-        def clear() -> int:
-            with self._write_connection() as conn, storage.write_transaction(conn):
-                return storage.delete_session(conn, self.session_id)
+    def close(self) -> None:
+        """Release the connection; the session cannot be used afterwards. Idempotent."""
+        self._closed = True
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            registry.release(engine)
 
-        await self._mutate(clear)
+    def __del__(self) -> None:
+        # A session dropped without close() must not pin its connection forever.
+        if getattr(self, "_engine", None) is not None:
+            self.close()
 
-    # --- plumbing ---
+    def _open_engine(self) -> Engine:
+        if self._closed or self._engine is None:
+            raise SessionClosedError(f"session {self.session_id!r} is closed")
+        return self._engine
 
-    async def _run(self, fn: Any) -> Any:
-        def call() -> Any:
-            with storage.translate_errors(self.db_path):
-                return fn()
+    # --- SQLiteSession internals that must not be reached on this class ---
 
-        return await asyncio.to_thread(call)
+    def _check_not_closed(self) -> None:
+        self._open_engine()
 
-    async def _mutate(self, fn: Any) -> Any:
-        # Like the SDK: once a write has started, see it through even if the caller is
-        # cancelled (repeatedly), so its outcome is known before cancellation propagates.
-        task = asyncio.ensure_future(self._run(fn))
-        cancelled: asyncio.CancelledError | None = None
-        while not task.done():
-            try:
-                await asyncio.wait({task})
-            except asyncio.CancelledError as exc:
-                cancelled = cancelled or exc
-        if cancelled is not None:
-            if not task.cancelled():
-                task.exception()  # retrieved, so it is not reported as never retrieved
-            raise cancelled
-        return task.result()
+    def _get_connection(self) -> sqlite3.Connection:
+        raise AgentSessionsError("AgentSession does not use SQLiteSession's thread connections")
+
+    def _locked_connection(self) -> Any:
+        return self._get_connection()
+
+    def _write_connection(self) -> Any:
+        return self._get_connection()
+
+    async def _get_compaction_snapshot(self, *args: Any, **kwargs: Any) -> None:
+        # Compaction must go through get_items/add_items (and so through pruning); returning
+        # None makes the SDK take that generic path, as it does for any subclass.
+        return None
 
     def __enter__(self) -> Self:
         return self

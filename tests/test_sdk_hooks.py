@@ -1,61 +1,77 @@
-"""The private SQLiteSession hooks AgentSession relies on, named in one place.
+"""What AgentSession relies on in SQLiteSession, named in one place.
 
-If an SDK upgrade renames or reshapes any of these, this file fails first and says which.
+AgentSession subclasses SQLiteSession but does not run its ``__init__`` (a connection and a
+schema check per object) and overrides everything that touches the database. If an SDK
+upgrade adds a method or changes how the Runner reaches a session, this file fails first.
 """
 
 from __future__ import annotations
 
 import inspect
-import sqlite3
 from pathlib import Path
 
+import pytest
 from agents import SQLiteSession
+from agents.memory import SessionSettings
 
-from agent_sessions import AgentSession
+from agent_sessions import AgentSession, AgentSessionsError
 
-# name -> parameters after self/cls, as SQLiteSession 0.24 defines them
-RELIED_ON = {
-    "_configure_connection": ["conn"],  # staticmethod: pragmas on every new connection
-    "_init_db_for_connection": ["conn"],  # schema set-up, once per object
-    "_insert_items": ["conn", "items"],  # SDK paths that write inside their own transaction
-    "_locked_connection": [],  # the per-file lock plus this thread's connection
-    "_write_connection": [],  # the same, rolling back on error
-    "_check_not_closed": [],
+# SQLiteSession 0.24 methods AgentSession does not override, and why that is safe.
+NOT_OVERRIDDEN = {
+    "_acquire_file_lock": "classmethod on SQLiteSession's lock registry; never called by us",
+    "_release_file_lock": "classmethod on SQLiteSession's lock registry; never called by us",
+    "_close_connections_from_exited_threads": "only reached through _get_connection",
+    "_invalidate_connection": "only reached through _write_connection",
+    "_configure_connection": "staticmethod; only reached from SQLiteSession.__init__",
+    "_init_db_for_connection": "only reached from SQLiteSession.__init__",
+    "_create_schema_for_connection": "only reached from SQLiteSession.__init__",
+    "_insert_items": "only reached through _write_connection",
+    "_pop_item_with_validation": "only reached through _write_connection",
 }
 
 
-def test_sdk_still_has_the_hooks_agent_session_overrides_or_calls() -> None:
-    for name, params in RELIED_ON.items():
-        hook = inspect.getattr_static(SQLiteSession, name, None)
-        assert hook is not None, f"SQLiteSession.{name} is gone: AgentSession relies on it"
-        function = hook.__func__ if isinstance(hook, staticmethod) else hook
-        found = [p for p in inspect.signature(function).parameters if p not in ("self", "cls")]
-        assert found == params, f"SQLiteSession.{name}{found} changed; expected {params}"
-    assert isinstance(inspect.getattr_static(SQLiteSession, "_configure_connection"), staticmethod)
+def _methods(cls: type) -> set[str]:
+    return {
+        name
+        for name, value in vars(cls).items()
+        if callable(value) or isinstance(value, staticmethod | classmethod)
+        if not (name.startswith("__") and name.endswith("__"))
+    }
 
 
-def test_sdk_init_calls_the_schema_and_pragma_hooks(tmp_path: Path) -> None:
-    calls: list[str] = []
-
-    class Probe(AgentSession):
-        @staticmethod
-        def _configure_connection(conn: sqlite3.Connection) -> None:
-            calls.append("configure")
-            AgentSession._configure_connection(conn)
-
-        def _init_db_for_connection(self, conn: sqlite3.Connection) -> None:
-            calls.append("init")
-            super()._init_db_for_connection(conn)
-
-    with Probe("u", "c", db_path=tmp_path / "db.sqlite", max_messages=5) as session:
-        assert session._closed is False  # SQLiteSession keeps its closed flag here
-    assert calls[:2] == ["configure", "init"], calls
+def test_every_sqlite_session_method_is_overridden_or_known_to_be_unreachable() -> None:
+    unknown = _methods(SQLiteSession) - _methods(AgentSession) - set(NOT_OVERRIDDEN)
+    assert not unknown, f"SQLiteSession gained methods AgentSession does not handle: {unknown}"
+    stale = set(NOT_OVERRIDDEN) - _methods(SQLiteSession)
+    assert not stale, f"SQLiteSession no longer has {stale}: update NOT_OVERRIDDEN"
 
 
-async def test_sdk_paths_through_insert_items_prune_too(tmp_path: Path) -> None:
-    # _insert_items is what the SDK's own transactional writers call; it must prune as well.
-    with AgentSession("u", "c", db_path=tmp_path / "db.sqlite", max_messages=2) as session:
-        with session._write_connection() as conn:
-            session._insert_items(conn, [{"role": "user", "content": str(i)} for i in range(5)])
-            conn.commit()
-        assert [item["content"] for item in await session.get_items()] == ["3", "4"]
+def test_the_session_protocol_and_its_optional_hooks() -> None:
+    for name in ("get_items", "add_items", "pop_item", "clear_session", "close"):
+        assert name in vars(AgentSession), f"AgentSession must implement {name}"
+    # The Runner looks these up with getattr and, if present, routes writes through them.
+    for hook in ("_get_items_with_generation", "_add_items_with_generation"):
+        assert not hasattr(SQLiteSession, hook) or hook in vars(AgentSession), hook
+    # The Runner passes a RunContextWrapper only if every method accepts ``wrapper``; ours do
+    # not, so it calls them with the plain protocol signatures.
+    assert "wrapper" not in inspect.signature(AgentSession.add_items).parameters
+
+
+def test_documented_attributes_are_set_without_sqlite_session_init(tmp_path: Path) -> None:
+    with AgentSession(
+        "u", "c", db_path=tmp_path / "x.db", session_settings=SessionSettings(limit=3)
+    ) as session:
+        assert session.session_id == "user_u_conv_c"
+        assert session.db_path == str(tmp_path / "x.db")
+        assert session.session_settings == SessionSettings(limit=3)
+        assert (session.sessions_table, session.messages_table) == (
+            "agent_sessions",
+            "agent_messages",
+        )
+        with pytest.raises(AgentSessionsError, match="thread connections"):
+            session._get_connection()
+
+
+async def test_compaction_snapshot_goes_through_the_public_methods(tmp_path: Path) -> None:
+    with AgentSession("u", "c", db_path=tmp_path / "x.db") as session:
+        assert await session._get_compaction_snapshot(10) is None

@@ -204,14 +204,56 @@ async def test_pop_item_and_clear(db_path: Path) -> None:
     assert counts == (0, 0)
 
 
-async def test_cancelled_write_still_completes(db_path: Path) -> None:
+async def test_write_waits_for_another_connections_lock_without_blocking_the_loop(
+    db_path: Path,
+) -> None:
     with AgentSession("u", "c", db_path=db_path) as session:
-        task = asyncio.create_task(session.add_items([user("kept")]))
-        await asyncio.sleep(0)  # let the write start, then cancel the caller
-        task.cancel()
+        await session.add_items([user("first")])
+        blocker = sqlite3.connect(db_path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # another process's writer, holding the lock
+        write = asyncio.create_task(session.add_items([user("second")]))
+        ticks = 0
+        while ticks < 50:  # the loop keeps running other tasks while the write waits
+            await asyncio.sleep(0.001)
+            ticks += 1
+        assert not write.done()
+        assert await session.get_items() == [user("first")]  # reads are not blocked
+        blocker.execute("COMMIT")
+        blocker.close()
+        await write
+        assert await session.get_items() == [user("first"), user("second")]
+
+
+async def test_cancelled_while_waiting_for_the_lock_writes_nothing(db_path: Path) -> None:
+    with AgentSession("u", "c", db_path=db_path) as session:
+        blocker = sqlite3.connect(db_path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        write = asyncio.create_task(session.add_items([user("never")]))
+        await asyncio.sleep(0.01)
+        write.cancel()
         with pytest.raises(asyncio.CancelledError):
-            await task
-        assert await session.get_items() == [user("kept")]
+            await write
+        blocker.execute("COMMIT")
+        blocker.close()
+        assert await session.get_items() == []
+
+
+async def test_lock_held_past_the_busy_timeout_is_a_clear_error(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent_sessions import StorageBusyError, storage
+
+    monkeypatch.setattr(storage, "BUSY_TIMEOUT_MS", 100)
+    with AgentSession("u", "c", db_path=db_path) as session:
+        blocker = sqlite3.connect(db_path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(StorageBusyError, match="sessions.db"):
+                await session.add_items([user("x")])
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert await session.get_items() == []
 
 
 async def test_concurrent_writers_on_one_file_lose_nothing(db_path: Path) -> None:
