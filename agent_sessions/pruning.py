@@ -56,34 +56,36 @@ def pairing(item: Item | None) -> tuple[bool, str] | None:
 def _unsafe_starts(items: Sequence[Item | None]) -> list[bool]:
     """For each index, whether a suffix starting there would break a pair or a reasoning item."""
     n = len(items)
-    unsafe = [False] * (n + 1)
-    calls: dict[str, int] = {}
-    outputs: dict[str, int] = {}
+    unsafe = [False] * n
+
+    def forbid(first: int, last: int) -> None:
+        for start in range(max(first, 0), min(last, n - 1) + 1):
+            unsafe[start] = True
+
+    calls: dict[str, list[int]] = {}
+    outputs: dict[str, list[int]] = {}
     for index, item in enumerate(items):
         half = pairing(item)
-        if half is None:
-            continue
-        is_call, key = half
-        (calls if is_call else outputs).setdefault(key, index)
-    for key, call_at in calls.items():
-        answered_at = outputs.get(key)
-        # Cutting after the call and at or before its output orphans the output, and a call
-        # whose output has not arrived would orphan it later: both forbid these starts.
-        end = n if answered_at is None or answered_at < call_at else answered_at
-        for start in range(call_at + 1, end + 1):
-            unsafe[start] = True
-    for key, output_at in outputs.items():
-        called_at = calls.get(key)
-        if called_at is None or called_at > output_at:
-            # Already without its call: any suffix that still holds it is invalid.
-            for start in range(output_at + 1):
-                unsafe[start] = True
+        if half is not None:
+            is_call, key = half
+            (calls if is_call else outputs).setdefault(key, []).append(index)
+    for key, positions in outputs.items():
+        for output_at in positions:
+            # The output needs its call inside the suffix: a start after the latest earlier
+            # call (or anywhere, if there is none) would keep the output alone.
+            earlier = [call_at for call_at in calls.get(key, ()) if call_at < output_at]
+            forbid(max(earlier) + 1 if earlier else 0, output_at)
+    for key, positions in calls.items():
+        for call_at in positions:
+            if not any(output_at > call_at for output_at in outputs.get(key, ())):
+                # Its output has not arrived: dropping the call would orphan it later.
+                forbid(call_at + 1, n - 1)
     for index, item in enumerate(items):
         if item is None:
             unsafe[index] = True
-        elif item.get("type") == "reasoning" and index + 1 <= n:
-            unsafe[index + 1] = True
-    return unsafe[:n]
+        elif item.get("type") == "reasoning":
+            forbid(index + 1, index + 1)
+    return unsafe
 
 
 def is_safe_start(items: Sequence[Item | None], start: int) -> bool:
