@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 import warnings
 from datetime import datetime, timedelta
@@ -20,7 +21,12 @@ from .ids import normalize_identifier, positive_int
 from .settings import AgentSessionSettings, resolve_setting
 
 CLEANUP_BATCH_SIZE = 100
-"""Sessions deleted per cleanup transaction: small, so live writers wait only briefly."""
+"""Sessions deleted by the first cleanup transaction; later batches adapt (see below)."""
+
+CLEANUP_TRANSACTION_SECONDS = 0.01
+"""Target length of one cleanup transaction: a live writer waits at most about this long."""
+
+_MAX_CLEANUP_BATCH = 500  # ids bound as parameters; well under SQLite's variable limit
 
 
 class SessionStats(BaseModel):
@@ -71,7 +77,7 @@ class SessionManager:
             retention_days: Idle days before cleanup deletes a session; defaults to settings.
             settings: Settings to use instead of ``get_settings()``.
             clock: Returns the current aware datetime; idleness is measured against it.
-            cleanup_batch_size: Sessions deleted per cleanup transaction.
+            cleanup_batch_size: Sessions deleted by the first cleanup transaction.
 
         Raises:
             InvalidArgumentError: if a number is not a positive integer.
@@ -314,9 +320,10 @@ class SessionManager:
     ) -> int:
         """Delete sessions idle for more than ``retention_days``, with all their items.
 
-        Works in batches of ``cleanup_batch_size`` sessions, one short transaction each, so
-        live writers are never blocked for long. Each batch re-checks idleness inside its
-        transaction: a session written to meanwhile is kept whole.
+        Works in batches, one short transaction each (sized to hold the write lock about
+        ``CLEANUP_TRANSACTION_SECONDS``, with a pause as long between them), so live writers
+        are never blocked for long. Each batch re-checks idleness inside its transaction: a
+        session written to meanwhile is kept whole.
 
         Args:
             retention_days: Overrides the manager's ``retention_days`` for this call.
@@ -336,17 +343,19 @@ class SessionManager:
                 rows = list(await db.execute_fetchall(storage.COUNT_IDLE_SESSIONS, (cutoff,)))
                 return int(rows[0][0])
             deleted = 0
+            batch_size = self.cleanup_batch_size
             while True:
                 batch = [
                     row[0]
                     for row in await db.execute_fetchall(
-                        storage.SELECT_IDLE_BATCH, (cutoff, self.cleanup_batch_size)
+                        storage.SELECT_IDLE_BATCH, (cutoff, batch_size)
                     )
                 ]
                 if not batch:
                     return deleted
                 delete_rows, delete_sessions = storage.delete_idle_batch_statements(len(batch))
                 params = (cutoff, *batch)
+                started = time.perf_counter()
                 await db.execute("BEGIN IMMEDIATE")
                 try:
                     await db.execute(delete_rows, params)
@@ -356,3 +365,11 @@ class SessionManager:
                     await db.rollback()
                     raise
                 deleted += cursor.rowcount
+                held = time.perf_counter() - started
+                # Size the next batch so the write lock is held about the target time, then
+                # leave it free at least as long, so live writers get their turn.
+                if held > CLEANUP_TRANSACTION_SECONDS:
+                    batch_size = max(1, batch_size // 2)
+                elif held < CLEANUP_TRANSACTION_SECONDS / 4:
+                    batch_size = min(_MAX_CLEANUP_BATCH, batch_size * 2)
+                await asyncio.sleep(min(held, CLEANUP_TRANSACTION_SECONDS))

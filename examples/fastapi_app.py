@@ -81,6 +81,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     scheduler = start_cleanup_scheduler(manager, settings=settings)
     app.state.agent = build_agent()
     app.state.manager = manager
+    app.state.scheduler = scheduler
     try:
         yield
     finally:
