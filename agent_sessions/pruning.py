@@ -100,6 +100,25 @@ def is_safe_start(items: Sequence[Item | None], start: int) -> bool:
     return not _unsafe_starts(items)[start]
 
 
+def outputs_needing_stored_calls(batch: Sequence[Item]) -> dict[str, list[int]]:
+    """Outputs in ``batch`` whose call is not earlier in the same batch, by pairing key.
+
+    Their calls must already be stored; see ``storage.append_items``.
+    """
+    called: set[str] = set()
+    needing: dict[str, list[int]] = {}
+    for position, item in enumerate(batch):
+        half = pairing(item)
+        if half is None:
+            continue
+        is_call, key = half
+        if is_call:
+            called.add(key)
+        elif key not in called:
+            needing.setdefault(key, []).append(position)
+    return needing
+
+
 def first_user_message(items: Sequence[Item | None], start: int = 0) -> int | None:
     """Index of the first user message at or after ``start``, or ``None``."""
     for index in range(start, len(items)):

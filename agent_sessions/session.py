@@ -129,7 +129,9 @@ class AgentSession(SQLiteSession):
         payloads = storage.encode_items(items)
         now = now_timestamp(self._clock)
         pruned = await engine.write(
-            lambda conn: storage.append_items(conn, self._key, payloads, now, self.max_messages)
+            lambda conn: storage.append_items(
+                conn, self._key, items, payloads, now, self.max_messages
+            )
         )
         if pruned:
             logger.debug("session %r: pruned %d item(s)", self.session_id, pruned)

@@ -31,7 +31,7 @@ from .errors import (
     StorageUnavailableError,
 )
 from .ids import parse_session_id
-from .pruning import Item, cut_index, is_user_message
+from .pruning import Item, cut_index, is_user_message, outputs_needing_stored_calls, pairing
 
 logger = logging.getLogger("agent_sessions")
 
@@ -490,18 +490,54 @@ def plan_cut(rows: Sequence[tuple[int, object]], max_items: int) -> int | None:
 def append_items(
     conn: sqlite3.Connection,
     key: SessionKey,
+    items: Sequence[Item],
     payloads: Sequence[str],
     now: float,
     max_items: int,
 ) -> int:
     """Record activity, insert encoded items and prune, inside the caller's transaction.
 
+    ``payloads[i]`` is the JSON text of ``items[i]``. A tool output or approval response
+    whose call is neither earlier in the batch nor stored is not inserted: that happens when
+    an approval is answered so late that pruning already removed its call, and storing it
+    would leave an output the model rejects. It is logged as a warning.
+
     Returns:
         The number of rows pruned.
     """
     conn.execute(UPSERT_SESSION, (key.session_id, key.user_id, key.conversation_id, now, now))
-    conn.executemany(INSERT_ROW, [(key.session_id, payload) for payload in payloads])
+    rows = list(zip(items, payloads, strict=True))
+    needing = outputs_needing_stored_calls(items)
+    if needing:
+        orphans = _find_missing_calls(conn, key.session_id, set(needing))
+        if orphans:
+            dropped = {position for call_key in orphans for position in needing[call_key]}
+            logger.warning(
+                "session %r: not storing %d output(s) whose call is no longer stored (%s); "
+                "the model would reject them",
+                key.session_id,
+                len(dropped),
+                ", ".join(sorted(orphans)),
+            )
+            rows = [row for position, row in enumerate(rows) if position not in dropped]
+    conn.executemany(INSERT_ROW, [(key.session_id, payload) for _, payload in rows])
     return prune(conn, key.session_id, max_items)
+
+
+def _find_missing_calls(conn: sqlite3.Connection, session_id: str, keys: set[str]) -> set[str]:
+    """Which of the pairing ``keys`` have no stored call in the session (newest rows first)."""
+    missing = set(keys)
+    cursor = conn.execute(SELECT_NEWEST_ROWS, (session_id, -1))
+    try:
+        for _, data in cursor:
+            half = pairing(decode_item(data))
+            if half is not None and half[0]:
+                missing.discard(half[1])
+                if not missing:
+                    break
+    finally:
+        cursor.close()
+    return missing
 
 
 def pop_newest(conn: sqlite3.Connection, session_id: str, now: float) -> Item | None:

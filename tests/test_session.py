@@ -268,3 +268,22 @@ async def test_concurrent_writers_on_one_file_lose_nothing(db_path: Path) -> Non
     finally:
         for s in sessions:
             s.close()
+
+
+async def test_output_whose_call_was_pruned_away_is_not_stored(
+    db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    call = {"type": "function_call", "call_id": "late", "name": "t", "arguments": "{}"}
+    output = {"type": "function_call_output", "call_id": "late", "output": "done"}
+    with AgentSession("u", "c", db_path=db_path, max_messages=2) as session:
+        await session.add_items([user("q0"), call])  # parked, waiting for approval
+        await session.add_items([user("q1"), assistant("a1")])  # pruning drops the call
+        assert await session.get_items() == [user("q1"), assistant("a1")]
+        with caplog.at_level("WARNING", logger="agent_sessions"):
+            await session.add_items([output, assistant("a0")])
+        assert await session.get_items() == [user("q1"), assistant("a1"), assistant("a0")]
+        assert "no longer stored (call:late)" in caplog.text
+        # an output whose call is still stored is kept, even in a later batch
+        await session.add_items([user("q2"), call])
+        await session.add_items([output])
+        assert (await session.get_items())[-2:] == [call, output]
