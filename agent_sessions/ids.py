@@ -21,7 +21,6 @@ MAX_ID_LENGTH = 128
 
 _SAFE = frozenset(string.ascii_letters + string.digits + ".@+-")
 _DERIVED = re.compile(r"user_([A-Za-z0-9.@+%-]+)_conv_([A-Za-z0-9.@+%-]+)")
-_LEGACY = re.compile(r"user_(.+?)_conv_(.+)", re.DOTALL)
 
 
 def normalize_identifier(value: object, what: str = "id") -> str:
@@ -84,8 +83,9 @@ def parse_session_id(session_id: str) -> tuple[str, str] | None:
     """Recover ``(user_id, conversation_id)`` from a session id, or ``None`` if ambiguous.
 
     Ids made by ``get_session_id`` always parse. Older ids written by hand as
-    ``f"user_{u}_conv_{c}"`` parse when ``_conv_`` occurs exactly once and both parts are
-    valid ids; any other id yields ``None`` (it keeps working by its session id).
+    ``f"user_{u}_conv_{c}"`` parse when ``_conv_`` occurs exactly once after ``user_``
+    (overlapping occurrences count) and both parts are valid ids; any other id yields ``None``
+    (it keeps working by its session id).
     """
     derived = _DERIVED.fullmatch(session_id)
     if derived is not None:
@@ -95,13 +95,19 @@ def parse_session_id(session_id: str) -> tuple[str, str] | None:
                 return user, conversation
         except InvalidIdentifierError:
             pass
-    legacy = _LEGACY.fullmatch(session_id)
-    if legacy is None or session_id.count("_conv_") != 1:
+    if not session_id.startswith("user_"):
+        return None
+    # Every marker after the prefix, overlapping ones included: more than one means the id
+    # could have been written from more than one pair, so it is not attributed.
+    splits = [
+        at for at in range(len("user_"), len(session_id)) if session_id.startswith("_conv_", at)
+    ]
+    if len(splits) != 1:
         return None
     try:
         return (
-            normalize_identifier(legacy[1], "user_id"),
-            normalize_identifier(legacy[2], "conversation_id"),
+            normalize_identifier(session_id[len("user_") : splits[0]], "user_id"),
+            normalize_identifier(session_id[splits[0] + len("_conv_") :], "conversation_id"),
         )
     except InvalidIdentifierError:
         return None

@@ -172,9 +172,8 @@ def test_parse_never_raises_and_explains_its_answer(session_id: str) -> None:
     assert is_valid(conversation), f"{session_id!r} parsed to {parsed!r}"
     # Either the id is the one derived from the pair, or the literal legacy spelling of it.
     assert session_id in (get_session_id(user, conversation), f"user_{user}_conv_{conversation}")
-    if session_id != get_session_id(user, conversation) and "_conv_conv_" not in session_id:
-        # A hand-written id is only read when it has one reading. ("_conv_conv_", where two
-        # occurrences overlap, is the known exception: see the xfail test below.)
+    if session_id != get_session_id(user, conversation):
+        # A hand-written id is only read when it has one reading.
         readings = legacy_readings(session_id)
         assert readings == {parsed}, f"{session_id!r} parsed to {parsed!r}; readings {readings}"
 
@@ -265,12 +264,6 @@ def test_overlap_with_the_user_prefix_is_not_an_ambiguity() -> None:
     assert parse_session_id("user_conv_conv_b") == ("conv", "b")
 
 
-@pytest.mark.xfail(
-    reason="BUG: parse_session_id tests ambiguity with str.count('_conv_'), which counts "
-    "non-overlapping occurrences, so '_conv_conv_' counts once and an id with two readings "
-    "is parsed (as the shorter user id) instead of giving None",
-    strict=True,
-)
 def test_overlapping_conv_markers_are_ambiguous() -> None:
     session_id = "user_a_conv_conv_b"
     assert session_id == "user_" + "a" + "_conv_" + "conv_b"  # user "a", conversation "conv_b"
