@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
@@ -20,10 +21,10 @@ from .errors import (
 )
 from .ids import get_session_id
 from .manager import SessionManager, SessionStats
-from .scheduler import CLEANUP_JOB_ID, start_cleanup_scheduler
 from .settings import AgentSessionSettings, get_settings
 
 if TYPE_CHECKING:
+    from .scheduler import CLEANUP_JOB_ID, start_cleanup_scheduler
     from .session import AgentSession, get_agent_session
 
 __version__ = "0.1.0"
@@ -54,14 +55,18 @@ __all__ = [
 ]
 
 
-_LAZY = {"AgentSession", "get_agent_session"}
+# Loaded on first use: the session module imports the Agents SDK (about 2 s) and the
+# scheduler imports APScheduler, neither needed by the CLI's database commands or the manager.
+_LAZY = {
+    "AgentSession": "session",
+    "get_agent_session": "session",
+    "CLEANUP_JOB_ID": "scheduler",
+    "start_cleanup_scheduler": "scheduler",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # The session module imports the Agents SDK (about 2 s); the CLI's database commands and
-    # the manager do not need it, so it is loaded on first use.
-    if name in _LAZY:
-        from . import session
-
-        return getattr(session, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)

@@ -309,7 +309,10 @@ async def _run(settings: AgentSessionSettings, args: argparse.Namespace, out: Te
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
     """Run ``agent-sessions`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
     out = out or sys.stdout
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # usage errors (2), --help (0): returned, not raised
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         settings = load_settings()
         if args.db is not None:

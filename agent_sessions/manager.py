@@ -237,7 +237,11 @@ class SessionManager:
         return int(rows[0][0])
 
     async def get_average_messages_per_session(self) -> float:
-        """Average stored items per session; ``0.0`` when there are no sessions."""
+        """Average stored rows per session; ``0.0`` when there are no sessions.
+
+        Counted in SQL over the whole table, so rows that fail to decode are included (unlike
+        ``SessionStats.message_count``, which decodes each row).
+        """
         db = await self._connection()
         with storage.translate_errors(self.db_path):
             rows = list(await db.execute_fetchall(storage.COUNT_SESSIONS_AND_ROWS))

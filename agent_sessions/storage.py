@@ -42,10 +42,11 @@ SCHEMA_TABLE = "agent_sessions_schema"
 BUSY_TIMEOUT_MS = 30_000
 """How long a statement waits for another connection's write lock before failing."""
 
-# SQLite's julianday() of the SDK's naive-UTC text, as POSIX seconds. (Not unixepoch():
-# it needs SQLite 3.38, and Python builds older than that are still about.)
-_SDK_TEXT_TO_TS = "((julianday({col}) - 2440587.5) * 86400.0)"
-_NOW_TS = "((julianday('now') - 2440587.5) * 86400.0)"
+# The SDK's naive-UTC CURRENT_TIMESTAMP text (whole seconds) as POSIX seconds. strftime('%s')
+# is exact where julianday() arithmetic is off by microseconds, and unlike unixepoch() it
+# needs no SQLite 3.38.
+_SDK_TEXT_TO_TS = "CAST(strftime('%s', {col}) AS REAL)"
+_NOW_TS = "CAST(strftime('%s', 'now') AS REAL)"
 
 
 # --- errors -------------------------------------------------------------------------------
@@ -285,6 +286,12 @@ MIGRATIONS: tuple[Migration, ...] = (
 LATEST_VERSION = MIGRATIONS[-1].version
 
 
+def database_file(conn: sqlite3.Connection) -> str:
+    """The file behind the connection's main database (``":memory:"`` for none)."""
+    row = conn.execute("PRAGMA database_list").fetchone()
+    return str(row[2]) if row is not None and row[2] else ":memory:"
+
+
 def schema_version(conn: sqlite3.Connection) -> int:
     """Return the newest migration applied to the database (0 for none)."""
     try:
@@ -317,14 +324,16 @@ def migrate(conn: sqlite3.Connection) -> int:
             f"""CREATE TABLE IF NOT EXISTS {SCHEMA_TABLE} (
                 version INTEGER PRIMARY KEY,
                 description TEXT NOT NULL,
-                applied_at REAL NOT NULL DEFAULT {_NOW_TS}
+                applied_at REAL NOT NULL DEFAULT ({_NOW_TS})
             )"""
         )
         current = schema_version(conn)
         if current > LATEST_VERSION:
+            path = database_file(conn)
             raise StorageError(
-                f"database schema version {current} is newer than this agent_sessions "
-                f"supports ({LATEST_VERSION}); upgrade agent_sessions"
+                f"database {path!r} has schema version {current}, newer than this "
+                f"agent_sessions supports ({LATEST_VERSION}); upgrade agent_sessions",
+                path=path,
             )
         applied = 0
         for migration in MIGRATIONS:

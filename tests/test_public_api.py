@@ -16,7 +16,7 @@ def test_all_is_exact_and_sorted() -> None:
         and not isinstance(value, types.ModuleType)
         and name not in {"annotations", "TYPE_CHECKING", "Any"}
     }
-    lazy = {"AgentSession", "get_agent_session"}  # loaded on first use (see __init__)
+    lazy = set(agent_sessions._LAZY)  # loaded on first use (see __init__)
     assert set(agent_sessions.__all__) == public | lazy | {"__version__"}
     assert len(agent_sessions.__all__) == len(set(agent_sessions.__all__))  # ruff keeps order
     for name in agent_sessions.__all__:

@@ -248,7 +248,7 @@ async def test_lock_held_past_the_busy_timeout_is_a_clear_error(
         blocker = sqlite3.connect(db_path, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")
         try:
-            with pytest.raises(StorageBusyError, match="sessions.db"):
+            with pytest.raises(StorageBusyError, match=r"sessions\.db"):
                 await session.add_items([user("x")])
         finally:
             blocker.execute("ROLLBACK")

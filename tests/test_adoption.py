@@ -1,0 +1,334 @@
+"""A database written by a plain ``agents.SQLiteSession`` is adopted in place."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import multiprocessing
+import sqlite3
+import time
+from contextlib import closing
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent_sessions import AgentSession, SessionManager, StorageError
+from tests.conftest import FakeClock
+
+LEGACY_IDS = ("user_42_conv_abc", "user_a_conv_b_conv_c", "legacy-free-form-id")
+ORPHANED = "user_7_conv_orphan"  # its session row is deleted by hand before adoption
+
+
+def user(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": text}
+
+
+def assistant(text: str) -> dict[str, Any]:
+    return {
+        "type": "message",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": text}],
+    }
+
+
+def legacy_items(session_id: str) -> list[dict[str, Any]]:
+    return [
+        user(f"{session_id}: hello"),
+        assistant(f"{session_id}: hi"),
+        user(f"{session_id}: again"),
+        assistant(f"{session_id}: sure"),
+    ]
+
+
+def query(db_path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    with closing(sqlite3.connect(db_path)) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def execute(db_path: Path, *statements: str) -> None:
+    with closing(sqlite3.connect(db_path)) as conn, conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+def snapshot(db_path: Path) -> list[Any]:
+    with closing(sqlite3.connect(db_path)) as conn:
+        return [
+            conn.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
+            for table in ("sqlite_master", "agent_sessions", "agent_messages")
+        ]
+
+
+async def write_legacy(db_path: Path) -> None:
+    """Write the legacy database with the SDK's own session class only."""
+    from agents import SQLiteSession
+
+    for session_id in (*LEGACY_IDS, ORPHANED):
+        session = SQLiteSession(session_id, db_path)
+        try:
+            await session.add_items(legacy_items(session_id))  # type: ignore[arg-type]
+        finally:
+            session.close()
+
+
+@pytest.fixture
+async def legacy_db(tmp_path: Path) -> Path:
+    path = tmp_path / "legacy.db"
+    await write_legacy(path)
+    execute(
+        path,
+        "UPDATE agent_sessions SET created_at = '2025-12-31 09:00:00', "
+        "updated_at = '2026-01-01 10:00:00' WHERE session_id = 'user_42_conv_abc'",
+        f"DELETE FROM agent_sessions WHERE session_id = '{ORPHANED}'",
+        "UPDATE agent_messages SET created_at = '2025-06-0' || (id % 3 + 1) || ' 08:00:00' "
+        f"WHERE session_id = '{ORPHANED}'",
+        "PRAGMA user_version = 77",
+    )
+    assert query(path, "PRAGMA user_version") == [(77,)]
+    assert not query(path, "SELECT name FROM sqlite_master WHERE name = 'agent_sessions_schema'")
+    return path
+
+
+# --- reading the adopted data ---------------------------------------------------------------
+
+
+async def test_history_is_readable_through_agent_session(legacy_db: Path) -> None:
+    with AgentSession("42", "abc", db_path=legacy_db) as session:
+        assert session.session_id == "user_42_conv_abc"
+        assert await session.get_items() == legacy_items("user_42_conv_abc")
+    async with SessionManager(legacy_db, max_messages=100, retention_days=7) as manager:
+        for session_id in (*LEGACY_IDS, ORPHANED):
+            assert await manager.get_items(session_id) == legacy_items(session_id), session_id
+
+
+async def test_owners_filled_in_only_for_splittable_ids(legacy_db: Path) -> None:
+    async with SessionManager(legacy_db, max_messages=100, retention_days=7) as manager:
+        owners = {
+            session_id: (stats.user_id, stats.conversation_id, stats.message_count)
+            for session_id in (*LEGACY_IDS, ORPHANED)
+            for stats in [await manager.get_session_stats(session_id)]
+        }
+        by_user = [s.session_id for s in await manager.list_sessions("42")]
+    assert owners == {
+        "user_42_conv_abc": ("42", "abc", 4),
+        "user_a_conv_b_conv_c": (None, None, 4),  # "_conv_" twice: ambiguous
+        "legacy-free-form-id": (None, None, 4),
+        ORPHANED: ("7", "orphan", 4),
+    }
+    assert by_user == ["user_42_conv_abc"]
+
+
+async def test_sdk_timestamps_become_aware_utc(legacy_db: Path) -> None:
+    async with SessionManager(legacy_db, max_messages=100, retention_days=7) as manager:
+        stats = await manager.get_session_stats("user_42_conv_abc")
+    assert stats.created_at.utcoffset() == timedelta(0)
+    assert stats.last_activity.utcoffset() == timedelta(0)
+    # Naive SDK text read as UTC, not as local time: an hour's error would show here.
+    assert stats.created_at == datetime(2025, 12, 31, 9, 0, tzinfo=UTC), stats.created_at
+    assert stats.last_activity == datetime(2026, 1, 1, 10, 0, tzinfo=UTC), stats.last_activity
+
+
+async def test_sdk_timestamps_convert_exactly(legacy_db: Path) -> None:
+    async with SessionManager(legacy_db, max_messages=100, retention_days=7) as manager:
+        touched = await manager.get_session_stats("user_42_conv_abc")
+        orphaned = await manager.get_session_stats(ORPHANED)
+    found = [
+        touched.created_at.isoformat(),
+        touched.last_activity.isoformat(),
+        orphaned.created_at.isoformat(),
+        orphaned.last_activity.isoformat(),
+    ]
+    assert found == [
+        "2025-12-31T09:00:00+00:00",
+        "2026-01-01T10:00:00+00:00",
+        "2025-06-01T08:00:00+00:00",
+        "2025-06-03T08:00:00+00:00",
+    ], found
+
+
+async def test_messages_without_a_session_row_get_one(legacy_db: Path) -> None:
+    async with SessionManager(legacy_db, max_messages=100, retention_days=7) as manager:
+        stats = await manager.get_session_stats(ORPHANED)
+        listed = {s.session_id for s in await manager.list_sessions()}
+    # The messages' created_at were set to 2025-06-01..03 08:00: MIN and MAX of them.
+    assert stats.created_at == datetime(2025, 6, 1, 8, 0, tzinfo=UTC), stats.created_at
+    assert stats.last_activity == datetime(2025, 6, 3, 8, 0, tzinfo=UTC), stats.last_activity
+    assert listed == {*LEGACY_IDS, ORPHANED}
+    orphans = query(
+        legacy_db,
+        "SELECT COUNT(*) FROM agent_messages "
+        "WHERE session_id NOT IN (SELECT session_id FROM agent_sessions)",
+    )
+    assert orphans == [(0,)]
+
+
+async def test_adopted_sessions_expire_like_the_rest(legacy_db: Path) -> None:
+    # Idle since 2025/2026 by the SDK's timestamps; the real clock says it is later.
+    clock = FakeClock(datetime(2026, 1, 5, tzinfo=UTC))
+    async with SessionManager(legacy_db, max_messages=100, retention_days=7, clock=clock) as m:
+        assert await m.cleanup_inactive_sessions(dry_run=True) == 1  # the orphaned one
+        assert await m.cleanup_inactive_sessions() == 1
+        clock.advance(days=365)
+        assert await m.cleanup_inactive_sessions() == 3
+    assert query(legacy_db, "SELECT COUNT(*) FROM agent_messages") == [(0,)]
+
+
+async def test_schema_version_is_recorded_and_user_version_untouched(legacy_db: Path) -> None:
+    with AgentSession("42", "abc", db_path=legacy_db) as session:
+        await session.get_items()
+    async with SessionManager(legacy_db, max_messages=100, retention_days=7) as manager:
+        await manager.get_session_count()
+    versions = query(legacy_db, "SELECT version FROM agent_sessions_schema")
+    assert versions == [(1,)], versions
+    assert query(legacy_db, "PRAGMA user_version") == [(77,)]
+
+
+async def test_agent_session_writes_to_an_adopted_session(legacy_db: Path) -> None:
+    clock = FakeClock(datetime(2026, 2, 1, tzinfo=UTC))
+    with AgentSession("42", "abc", db_path=legacy_db, max_messages=3, clock=clock) as session:
+        await session.add_items([user("new turn"), assistant("new reply")])
+        items = await session.get_items()
+    # Pruning applies to the legacy items too: the newest turn that fits is kept.
+    assert items == [user("new turn"), assistant("new reply")], items
+    async with SessionManager(legacy_db, max_messages=100, retention_days=7) as manager:
+        stats = await manager.get_session_stats("user_42_conv_abc")
+    assert stats.created_at == datetime(2025, 12, 31, 9, 0, tzinfo=UTC), "created_at moved"
+    assert stats.last_activity == clock.now
+
+
+# --- the SDK keeps working on the adopted file ----------------------------------------------
+
+
+async def test_plain_sqlite_session_still_reads_and_writes(legacy_db: Path) -> None:
+    from agents import SQLiteSession
+
+    async with SessionManager(legacy_db, max_messages=100, retention_days=7) as manager:
+        await manager.open()  # adopt
+
+    # The SDK's CURRENT_TIMESTAMP has one-second resolution; the millisecond allows for the
+    # conversion error covered by test_sdk_timestamps_convert_exactly.
+    before = int(time.time()) - 0.001
+    sdk = SQLiteSession("user_42_conv_abc", legacy_db)
+    fresh = SQLiteSession("user_9_conv_new", legacy_db)
+    try:
+        assert await sdk.get_items() == legacy_items("user_42_conv_abc")
+        await sdk.add_items([user("from the sdk")])  # type: ignore[list-item]
+        await fresh.add_items([user("brand new")])  # type: ignore[list-item]
+        assert (await sdk.get_items())[-1] == user("from the sdk")
+    finally:
+        sdk.close()
+        fresh.close()
+    after = time.time()
+
+    with AgentSession("42", "abc", db_path=legacy_db) as session:
+        assert (await session.get_items())[-1] == user("from the sdk")
+    async with SessionManager(legacy_db, max_messages=100, retention_days=7) as manager:
+        touched = await manager.get_session_stats("user_42_conv_abc")
+        new = await manager.get_session_stats("user_9_conv_new")
+        listed = {s.session_id for s in await manager.list_sessions()}
+    for stats in (touched, new):
+        seconds = stats.last_activity.timestamp()
+        assert before <= seconds <= after + 1, (stats.session_id, stats.last_activity)
+    assert touched.created_at == datetime(2025, 12, 31, 9, 0, tzinfo=UTC)
+    assert before <= new.created_at.timestamp() <= after + 1, new.created_at
+    assert new.message_count == 1
+    assert "user_9_conv_new" in listed, listed
+
+
+# --- concurrency and versions ---------------------------------------------------------------
+
+
+def _adopt_worker(path: str, index: int, barrier: Any, applied: Any, results: Any) -> None:
+    """Open the legacy file in a fresh process, counting migrations that actually ran."""
+    from agent_sessions import storage
+
+    def counted(migration: storage.Migration) -> storage.Migration:
+        def apply(conn: sqlite3.Connection) -> None:
+            migration.apply(conn)
+            with applied.get_lock():
+                applied.value += 1
+
+        return dataclasses.replace(migration, apply=apply)
+
+    storage.MIGRATIONS = tuple(counted(m) for m in storage.MIGRATIONS)
+
+    async def open_and_read() -> int:
+        if index % 2 == 0:
+            with AgentSession("42", "abc", db_path=path) as session:
+                return len(await session.get_items())
+        async with SessionManager(path, max_messages=100, retention_days=7) as manager:
+            return (await manager.get_session_stats("user_42_conv_abc")).message_count
+
+    try:
+        barrier.wait(timeout=60)
+        results.put((index, asyncio.run(open_and_read()), None))
+    except Exception as exc:  # reported to the parent, which asserts there were none
+        results.put((index, None, repr(exc)))
+
+
+def test_four_processes_adopt_the_file_exactly_once(legacy_db: Path) -> None:
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(4)
+    applied = context.Value("i", 0)
+    results = context.Queue()
+    processes = [
+        context.Process(
+            target=_adopt_worker, args=(str(legacy_db), index, barrier, applied, results)
+        )
+        for index in range(4)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        outcome = sorted(results.get(timeout=120) for _ in processes)
+    finally:
+        for process in processes:
+            process.join(timeout=60)
+    assert [process.exitcode for process in processes] == [0, 0, 0, 0]
+    assert outcome == [(index, 4, None) for index in range(4)], outcome
+    assert applied.value == 1, f"migration applied {applied.value} times"
+    assert query(legacy_db, "SELECT version FROM agent_sessions_schema") == [(1,)]
+    assert query(legacy_db, "PRAGMA user_version") == [(77,)]
+    columns = [row[1] for row in query(legacy_db, "PRAGMA table_info(agent_sessions)")]
+    assert sorted(columns) == sorted(
+        [
+            "session_id",
+            "created_at",
+            "updated_at",
+            "user_id",
+            "conversation_id",
+            "created_ts",
+            "last_activity_ts",
+        ]
+    ), columns
+
+
+async def test_newer_schema_version_is_refused(legacy_db: Path) -> None:
+    async with SessionManager(legacy_db, max_messages=100, retention_days=7) as manager:
+        await manager.open()
+    execute(
+        legacy_db,
+        "INSERT INTO agent_sessions_schema (version, description) VALUES (2, 'from the future')",
+    )
+    before = snapshot(legacy_db)
+    with pytest.raises(StorageError, match="newer"):
+        AgentSession("42", "abc", db_path=legacy_db)
+    manager = SessionManager(legacy_db, max_messages=100, retention_days=7)
+    try:
+        with pytest.raises(StorageError, match="version 2"):
+            await manager.get_session_count()
+    finally:
+        await manager.close()
+    assert snapshot(legacy_db) == before
+
+
+async def test_newer_schema_version_error_names_the_database(legacy_db: Path) -> None:
+    async with SessionManager(legacy_db, max_messages=100, retention_days=7) as manager:
+        await manager.open()
+    execute(legacy_db, "INSERT INTO agent_sessions_schema (version, description) VALUES (2, 'x')")
+    with pytest.raises(StorageError) as info:
+        AgentSession("42", "abc", db_path=legacy_db)
+    assert info.value.path == str(legacy_db), info.value.path
+    assert str(legacy_db) in str(info.value), str(info.value)

@@ -1,0 +1,528 @@
+"""Cleanup of idle sessions (injected clock, batches, races) and its scheduler wiring."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import signal
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import closing
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import aiosqlite
+import pytest
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from agent_sessions import (
+    CLEANUP_JOB_ID,
+    AgentSession,
+    AgentSessionSettings,
+    InvalidArgumentError,
+    SessionManager,
+    SessionNotFoundError,
+    start_cleanup_scheduler,
+    storage,
+)
+from agent_sessions.clock import utc_now
+from agent_sessions.scheduler import MISFIRE_GRACE_SECONDS, run_cleanup, run_daemon
+from tests.conftest import FakeClock
+
+ORPHANS = (
+    "SELECT COUNT(*) FROM agent_messages "
+    "WHERE session_id NOT IN (SELECT session_id FROM agent_sessions)"
+)
+
+
+def user(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": text}
+
+
+def assistant(text: str) -> dict[str, Any]:
+    return {
+        "type": "message",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": text}],
+    }
+
+
+async def write(
+    db_path: Path, conversation: str, items: list[dict[str, Any]], clock: FakeClock
+) -> str:
+    with AgentSession("u", conversation, db_path=db_path, max_messages=1000, clock=clock) as s:
+        await s.add_items(items)  # type: ignore[arg-type]
+        return s.session_id
+
+
+def query(db_path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    with closing(sqlite3.connect(db_path)) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def rows_per_session(db_path: Path) -> dict[str, int]:
+    return dict(query(db_path, "SELECT session_id, COUNT(*) FROM agent_messages GROUP BY 1"))
+
+
+def session_ids(db_path: Path) -> set[str]:
+    return {row[0] for row in query(db_path, "SELECT session_id FROM agent_sessions")}
+
+
+def orphans(db_path: Path) -> int:
+    return int(query(db_path, ORPHANS)[0][0])
+
+
+def snapshot(db_path: Path) -> tuple[list[Any], list[Any]]:
+    return (
+        query(db_path, "SELECT * FROM agent_sessions ORDER BY session_id"),
+        query(db_path, "SELECT * FROM agent_messages ORDER BY id"),
+    )
+
+
+def manager_for(
+    db_path: Path, clock: FakeClock, *, retention_days: int = 7, batch: int = 100
+) -> SessionManager:
+    return SessionManager(
+        db_path,
+        max_messages=1000,
+        retention_days=retention_days,
+        clock=clock,
+        cleanup_batch_size=batch,
+    )
+
+
+# --- what is deleted ------------------------------------------------------------------------
+
+
+async def test_idle_sessions_go_with_all_their_rows(db_path: Path, clock: FakeClock) -> None:
+    start = clock.now
+    old = await write(db_path, "old", [user(f"q{n}") for n in range(30)], clock)
+    clock.advance(days=1)
+    older_ish = await write(db_path, "older-ish", [user("q"), assistant("a")], clock)
+    with closing(sqlite3.connect(db_path)) as conn, conn:  # a corrupt row is a row too
+        conn.execute(
+            "INSERT INTO agent_messages (session_id, message_data) VALUES (?, '{bad')",
+            (older_ish,),
+        )
+    clock.advance(days=7)
+    active = await write(db_path, "active", [user("q"), assistant("a")], clock)
+    clock.now = start + timedelta(days=9, seconds=1)
+
+    async with manager_for(db_path, clock) as manager:
+        assert await manager.cleanup_inactive_sessions() == 2
+        assert (await manager.get_session_stats(active)).message_count == 2
+        for gone in (old, older_ish):
+            with pytest.raises(SessionNotFoundError):
+                await manager.get_session_stats(gone)
+        assert await manager.cleanup_inactive_sessions() == 0, "a second run found more"
+
+    assert session_ids(db_path) == {active}
+    assert rows_per_session(db_path) == {active: 2}
+    assert orphans(db_path) == 0
+
+
+async def test_exactly_at_the_boundary(db_path: Path, clock: FakeClock) -> None:
+    written = clock.now
+    sid = await write(db_path, "c", [user("x")], clock)
+    async with manager_for(db_path, clock, retention_days=7) as manager:
+        clock.now = written + timedelta(days=7)  # idle exactly retention_days: kept
+        assert await manager.cleanup_inactive_sessions(dry_run=True) == 0
+        assert await manager.cleanup_inactive_sessions() == 0
+        assert session_ids(db_path) == {sid}
+        clock.advance(microseconds=1)  # one microsecond more: deleted
+        assert await manager.cleanup_inactive_sessions(dry_run=True) == 1
+        assert await manager.cleanup_inactive_sessions() == 1
+    assert session_ids(db_path) == set()
+    assert rows_per_session(db_path) == {}
+
+
+async def test_dry_run_counts_and_deletes_nothing(db_path: Path, clock: FakeClock) -> None:
+    for n in range(3):
+        await write(db_path, f"idle{n}", [user("x"), assistant("y")], clock)
+    clock.advance(days=8)
+    await write(db_path, "active", [user("x")], clock)
+    before = snapshot(db_path)
+    async with manager_for(db_path, clock) as manager:
+        assert await manager.cleanup_inactive_sessions(dry_run=True) == 3
+        assert await manager.cleanup_inactive_sessions(dry_run=True, retention_days=30) == 0
+        assert await manager.get_session_count() == 4
+    assert snapshot(db_path) == before
+
+
+async def test_retention_days_override(db_path: Path, clock: FakeClock) -> None:
+    start = clock.now
+    ten_days = await write(db_path, "ten", [user("x")], clock)
+    clock.advance(days=7)
+    three_days = await write(db_path, "three", [user("x")], clock)
+    clock.now = start + timedelta(days=10)
+    async with manager_for(db_path, clock, retention_days=30) as manager:
+        assert await manager.cleanup_inactive_sessions() == 0
+        with pytest.raises(InvalidArgumentError, match="retention_days"):
+            await manager.cleanup_inactive_sessions(retention_days=0)
+        with pytest.raises(InvalidArgumentError, match="retention_days"):
+            await manager.cleanup_inactive_sessions(retention_days=-3, dry_run=True)
+        assert session_ids(db_path) == {ten_days, three_days}
+        assert await manager.cleanup_inactive_sessions(retention_days=5) == 1
+        assert manager.retention_days == 30, "the override must not stick"
+        assert await manager.cleanup_inactive_sessions(retention_days=2) == 1
+    assert session_ids(db_path) == set()
+    assert orphans(db_path) == 0
+
+
+async def test_batches_delete_every_idle_session(db_path: Path, clock: FakeClock) -> None:
+    idle = []
+    for n in range(20):
+        idle.append(await write(db_path, f"idle{n:02}", [user("x"), assistant(str(n))], clock))
+        clock.advance(minutes=1)
+    clock.advance(days=8)
+    keep = [await write(db_path, f"keep{n}", [user("x")], clock) for n in range(2)]
+
+    statements: list[str] = []
+    async with manager_for(db_path, clock, batch=3) as manager:
+        # Private: the manager's aiosqlite connection, traced to see its transactions.
+        assert manager._db is not None
+        await manager._db.set_trace_callback(statements.append)
+        assert await manager.cleanup_inactive_sessions() == 20
+    # The trace shows bound values: the ids each batch deleted, batch by batch.
+    batches = [
+        re.findall(r"'(user_u_conv_[^']+)'", sql)
+        for sql in statements
+        if sql.startswith("DELETE FROM agent_sessions")
+    ]
+    transactions = [sql for sql in statements if sql.startswith("BEGIN")]
+    assert len(batches[0]) == 3, f"the first batch is cleanup_batch_size: {batches[0]}"
+    assert len(transactions) == len(batches) >= 3, (len(transactions), [len(b) for b in batches])
+    assert sorted(sid for batch in batches for sid in batch) == sorted(idle)
+    assert session_ids(db_path) == set(keep)
+    assert set(rows_per_session(db_path)) == set(keep)
+    assert orphans(db_path) == 0
+
+
+# --- races with writers ---------------------------------------------------------------------
+
+
+class _WriteBeforeBegin:
+    """Delegates to an aiosqlite connection, running ``hook`` before its first BEGIN."""
+
+    def __init__(self, db: aiosqlite.Connection, hook: Callable[[], Awaitable[None]]) -> None:
+        self._db = db
+        self._hook: Callable[[], Awaitable[None]] | None = hook
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+    async def execute(self, sql: str, parameters: Any = None) -> aiosqlite.Cursor:
+        if sql.startswith("BEGIN") and self._hook is not None:
+            hook, self._hook = self._hook, None
+            await hook()
+        return await self._db.execute(sql, parameters)
+
+
+class RacingManager(SessionManager):
+    """A manager whose cleanup is overtaken by a write after it has selected a batch."""
+
+    hook: Callable[[], Awaitable[None]]
+
+    async def _connection(self) -> aiosqlite.Connection:  # private hook of SessionManager
+        db = await super()._connection()
+        return _WriteBeforeBegin(db, self.hook)  # type: ignore[return-value]
+
+
+async def test_session_written_after_selection_is_kept_whole(
+    db_path: Path, clock: FakeClock
+) -> None:
+    ids = []
+    for n in range(5):
+        ids.append(await write(db_path, f"s{n}", [user("q"), assistant("a"), user("q2")], clock))
+        clock.advance(minutes=1)
+    clock.advance(days=10)
+    target = ids[0]  # the oldest: certainly in the first batch
+    selected: list[list[str]] = []
+
+    async def write_to_target() -> None:
+        cutoff = clock.now.timestamp() - 7 * 86400
+        selected.append([row[0] for row in query(db_path, storage.SELECT_IDLE_BATCH, (cutoff, 2))])
+        await write(db_path, "s0", [user("late reply")], clock)
+
+    manager = RacingManager(
+        db_path, max_messages=1000, retention_days=7, clock=clock, cleanup_batch_size=2
+    )
+    manager.hook = write_to_target
+    async with manager:
+        deleted = await manager.cleanup_inactive_sessions()
+    assert selected == [ids[:2]], "the write did not land between selection and deletion"
+    assert deleted == 4
+    assert session_ids(db_path) == {target}
+    assert rows_per_session(db_path) == {target: 4}, "the written session lost rows"
+    assert orphans(db_path) == 0
+    with AgentSession("u", "s0", db_path=db_path) as session:
+        assert [item["content"] for item in await session.get_items()][-1] == "late reply"
+
+
+async def test_cleanup_racing_many_writers_leaves_whole_sessions(
+    db_path: Path, clock: FakeClock
+) -> None:
+    count = 120
+    for n in range(count):
+        await write(db_path, f"s{n:03}", [user("q"), assistant("a"), user("q2")], clock)
+        clock.advance(seconds=1)  # cleanup deletes oldest first: s000, s001, ...
+    clock.advance(days=10)
+    later = FakeClock(clock.now)
+    written = [f"s{n:03}" for n in range(0, count, 2)]
+    sessions = [
+        AgentSession("u", name, db_path=db_path, max_messages=1000, clock=later) for name in written
+    ]
+
+    async def writer(share: list[AgentSession]) -> None:
+        for session in reversed(share):  # newest first: cleanup starts at the oldest
+            await session.add_items([user("late")])
+            # AgentSession writes inline without yielding unless the file is locked: hand
+            # the loop to the cleanup between writes so the two really interleave.
+            await asyncio.sleep(0)
+
+    try:
+        async with manager_for(db_path, clock, batch=2) as manager:
+            deleted, *_ = await asyncio.gather(
+                manager.cleanup_inactive_sessions(), writer(sessions[0::2]), writer(sessions[1::2])
+            )
+    finally:
+        for s in sessions:
+            s.close()
+    rows = rows_per_session(db_path)
+    ids = session_ids(db_path)
+    assert ids == {f"user_u_conv_{name}" for name in written}, f"kept {sorted(ids)}"
+    assert orphans(db_path) == 0
+    assert set(rows) == ids
+    recreated = 0
+    for sid in ids:
+        # Written before cleanup reached it (kept whole: 3 + 1) or after it was deleted
+        # (a fresh session holding only the new item); never anything in between.
+        assert rows[sid] in (1, 4), f"{sid} holds {rows[sid]} rows"
+        recreated += rows[sid] == 1
+    assert deleted == count // 2 + recreated, (deleted, recreated)
+
+
+async def test_clock_jumping_backwards_deletes_nothing_active(
+    db_path: Path, clock: FakeClock
+) -> None:
+    recent = clock.now
+    ids = [await write(db_path, f"c{n}", [user("x")], clock) for n in range(3)]
+    # The session's own clock jumps back 20 days: its activity time must not go back.
+    await write(db_path, "c0", [user("y")], FakeClock(recent - timedelta(days=20)))
+    async with manager_for(db_path, clock, retention_days=1) as manager:
+        stats = await manager.get_session_stats(ids[0])
+        assert stats.last_activity == recent, stats.last_activity
+        clock.now = recent - timedelta(days=365)  # the manager's clock jumps back a year
+        assert await manager.cleanup_inactive_sessions(dry_run=True) == 0
+        assert await manager.cleanup_inactive_sessions() == 0
+        clock.now = recent + timedelta(hours=23)
+        assert await manager.cleanup_inactive_sessions() == 0
+    assert session_ids(db_path) == set(ids)
+    assert rows_per_session(db_path)[ids[0]] == 2
+
+
+async def test_idle_batch_query_uses_the_last_activity_index(
+    db_path: Path, clock: FakeClock
+) -> None:
+    for n in range(50):
+        await write(db_path, f"c{n}", [user("x")], clock)
+        clock.advance(hours=1)
+    with closing(sqlite3.connect(db_path)) as conn:
+        plan = conn.execute(
+            f"EXPLAIN QUERY PLAN {storage.SELECT_IDLE_BATCH}", (clock.now.timestamp(), 10)
+        ).fetchall()
+        count_plan = conn.execute(
+            f"EXPLAIN QUERY PLAN {storage.COUNT_IDLE_SESSIONS}", (clock.now.timestamp(),)
+        ).fetchall()
+    details = [row[3] for row in plan]
+    assert any("idx_agent_sessions_last_activity" in d for d in details), details
+    assert not any(d.startswith("SCAN") for d in details), details
+    assert not any("TEMP B-TREE" in d for d in details), (
+        f"sorts instead of using the index: {details}"
+    )
+    count_details = [row[3] for row in count_plan]
+    assert any("idx_agent_sessions_last_activity" in d for d in count_details), count_details
+
+
+# --- scheduler ------------------------------------------------------------------------------
+
+PARIS = ZoneInfo("Europe/Paris")
+
+
+@pytest.fixture
+async def scheduler() -> AsyncIterator[AsyncIOScheduler]:
+    sched = AsyncIOScheduler(timezone=ZoneInfo("UTC"))
+    yield sched
+    if sched.running:
+        sched.shutdown(wait=False)
+        await asyncio.sleep(0)  # AsyncIOScheduler shuts down in a loop callback
+    assert not sched.running
+
+
+def paris_settings(db_path: Path, **changes: Any) -> AgentSessionSettings:
+    values: dict[str, Any] = {
+        "cleanup_hour": 3,
+        "cleanup_minute": 30,
+        "timezone": "Europe/Paris",
+        "db_path": db_path,
+        "retention_days": 7,
+    }
+    return AgentSessionSettings(**{**values, **changes})
+
+
+async def test_scheduler_registers_the_daily_job(
+    db_path: Path, clock: FakeClock, scheduler: AsyncIOScheduler
+) -> None:
+    async with manager_for(db_path, clock) as manager:
+        returned = start_cleanup_scheduler(
+            manager, scheduler=scheduler, settings=paris_settings(db_path)
+        )
+        assert returned is scheduler
+        assert scheduler.running
+        job = scheduler.get_job(CLEANUP_JOB_ID)
+        assert job is not None
+        assert CLEANUP_JOB_ID == "agent-sessions-cleanup"
+        trigger = job.trigger
+        assert isinstance(trigger, CronTrigger)
+        fields = {field.name: str(field) for field in trigger.fields}
+        assert (fields["hour"], fields["minute"], fields["second"]) == ("3", "30", "0"), fields
+        assert fields["day"] == "*"
+        assert str(trigger.timezone) == "Europe/Paris"
+        assert job.coalesce is True
+        assert job.max_instances == 1
+        assert job.misfire_grace_time == MISFIRE_GRACE_SECONDS
+        assert job.misfire_grace_time is not None
+        assert job.misfire_grace_time > 0
+        next_run = job.next_run_time.astimezone(PARIS)
+        assert (next_run.hour, next_run.minute) == (3, 30), next_run
+        # 3:30 in Paris whatever the season: +01:00 in winter, +02:00 after the DST change.
+        winter = trigger.get_next_fire_time(None, datetime(2026, 3, 27, 12, tzinfo=PARIS))
+        summer = trigger.get_next_fire_time(None, datetime(2026, 3, 28, 12, tzinfo=PARIS))
+        assert winter == datetime(2026, 3, 28, 3, 30, tzinfo=PARIS)
+        assert winter.utcoffset() == timedelta(hours=1)
+        assert summer == datetime(2026, 3, 29, 3, 30, tzinfo=PARIS)
+        assert summer.utcoffset() == timedelta(hours=2)
+
+
+async def test_scheduler_registered_twice_keeps_one_job(
+    db_path: Path, clock: FakeClock, scheduler: AsyncIOScheduler
+) -> None:
+    async with manager_for(db_path, clock) as manager:
+        start_cleanup_scheduler(manager, scheduler=scheduler, settings=paris_settings(db_path))
+        start_cleanup_scheduler(
+            manager, scheduler=scheduler, settings=paris_settings(db_path, cleanup_hour=4)
+        )
+        jobs = scheduler.get_jobs()
+        assert [job.id for job in jobs] == [CLEANUP_JOB_ID], jobs
+        fields = {field.name: str(field) for field in jobs[0].trigger.fields}
+        assert fields["hour"] == "4", "the second registration must replace the first"
+
+
+async def test_scheduled_job_deletes_idle_sessions(
+    db_path: Path, clock: FakeClock, scheduler: AsyncIOScheduler
+) -> None:
+    idle = await write(db_path, "idle", [user("x")], clock)
+    clock.advance(days=8)
+    active = await write(db_path, "active", [user("x")], clock)
+    async with manager_for(db_path, clock) as manager:
+        start_cleanup_scheduler(manager, scheduler=scheduler, settings=paris_settings(db_path))
+        job = scheduler.get_job(CLEANUP_JOB_ID)
+        assert job is not None
+        assert await job.func(*job.args, **job.kwargs) == 1
+    assert session_ids(db_path) == {active}
+    assert idle not in rows_per_session(db_path)
+
+
+async def test_scheduled_job_without_manager_opens_its_own(
+    db_path: Path, scheduler: AsyncIOScheduler
+) -> None:
+    # Each run opens a manager from the settings, with the real clock.
+    old = FakeClock(utc_now() - timedelta(days=30))
+    await write(db_path, "idle", [user("x")], old)
+    active = await write(db_path, "active", [user("x")], FakeClock(utc_now()))
+    start_cleanup_scheduler(scheduler=scheduler, settings=paris_settings(db_path))
+    job = scheduler.get_job(CLEANUP_JOB_ID)
+    assert job is not None
+    assert await job.func(*job.args, **job.kwargs) == 1
+    assert session_ids(db_path) == {active}
+
+
+async def test_run_cleanup_logs_and_returns_none_on_failure(
+    db_path: Path, clock: FakeClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = manager_for(db_path, clock)
+    await manager.close()
+    with caplog.at_level(logging.ERROR, logger="agent_sessions"):
+        assert await run_cleanup(manager) is None
+        folder = paris_settings(tmp_path)  # a folder is not a database
+        assert await run_cleanup(settings=folder) is None
+    failures = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(failures) == 2, [r.getMessage() for r in caplog.records]
+    assert all("cleanup failed" in r.getMessage() for r in failures)
+    assert failures[0].exc_info is not None
+    assert "closed" in str(failures[0].exc_info[1])
+    assert failures[1].exc_info is not None
+    assert "folder" in str(failures[1].exc_info[1])
+
+
+async def test_run_cleanup_logs_the_count(
+    db_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    await write(db_path, "idle", [user("x")], clock)
+    clock.advance(days=8)
+    with caplog.at_level(logging.INFO, logger="agent_sessions"):
+        async with manager_for(db_path, clock) as manager:
+            assert await run_cleanup(manager) == 1
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert any("deleted 1 idle session" in m and str(db_path) in m for m in messages), messages
+
+
+class _Waiter(logging.Handler):
+    """Sets an asyncio event when a record containing ``text`` is logged."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(logging.INFO)
+        self.text = text
+        self.seen = asyncio.Event()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+        if self.text in record.getMessage():
+            self.seen.set()
+
+
+async def test_run_daemon_starts_and_stops_on_the_event(
+    db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="agent_sessions")
+    waiter = _Waiter("daemon started")
+    logger = logging.getLogger("agent_sessions")
+    logger.addHandler(waiter)
+    stop = asyncio.Event()
+    try:
+        task = asyncio.create_task(run_daemon(paris_settings(db_path), stop=stop))
+        await asyncio.wait_for(waiter.seen.wait(), timeout=10)
+        assert not task.done()
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+    finally:
+        logger.removeHandler(waiter)
+    assert task.result() is None
+    started = next(m for m in waiter.messages if "daemon started" in m)
+    assert str(db_path) in started, started
+    assert "03:30:00+01:00" in started or "03:30:00+02:00" in started, started
+    assert waiter.messages[-1].endswith("daemon stopped"), waiter.messages
+    loop = asyncio.get_running_loop()
+    assert not loop.remove_signal_handler(signal.SIGTERM), "SIGTERM handler left installed"
+    assert not loop.remove_signal_handler(signal.SIGINT), "SIGINT handler left installed"
+
+
+async def test_run_daemon_with_stop_already_set_returns(db_path: Path) -> None:
+    stop = asyncio.Event()
+    stop.set()
+    await asyncio.wait_for(run_daemon(paris_settings(db_path), stop=stop), timeout=10)

@@ -1,0 +1,523 @@
+"""The ``agent-sessions`` command, called as ``main(argv)`` and as the installed script."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from contextlib import closing
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent_sessions import AgentSession
+from agent_sessions.cli import main
+from agent_sessions.clock import utc_now
+from agent_sessions.settings import get_settings
+from tests.conftest import FakeClock
+
+ALICE_1 = "user_alice_conv_c1"
+ALICE_2 = "user_alice_conv_c2"
+BOB = "user_bob_conv_c1"
+
+
+def user(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": text}
+
+
+def assistant(text: str) -> dict[str, Any]:
+    return {
+        "type": "message",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": text}],
+    }
+
+
+TOOL_CONVERSATION = [
+    user("hello"),
+    assistant("hi there"),
+    user("what's the weather in Paris?"),
+    {
+        "type": "function_call",
+        "call_id": "call_1",
+        "name": "get_weather",
+        "arguments": '{"city": "Paris"}',
+    },
+    {"type": "function_call_output", "call_id": "call_1", "output": "sunny, 21 C"},
+    assistant("It is sunny in Paris."),
+]
+ALICE_2_ITEMS = [user("second conversation"), assistant("ok")]
+BOB_ITEMS = [user("old"), assistant("older"), user("oldest?")]
+
+
+async def _populate(db_path: Path) -> None:
+    now = FakeClock(utc_now())
+    month_ago = FakeClock(utc_now() - timedelta(days=30))
+    for user_id, conversation, items, clock in (
+        ("bob", "c1", BOB_ITEMS, month_ago),
+        ("alice", "c2", ALICE_2_ITEMS, now),
+        ("alice", "c1", TOOL_CONVERSATION, now),
+    ):
+        with AgentSession(user_id, conversation, db_path=db_path, clock=clock) as session:
+            await session.add_items(items)  # type: ignore[arg-type]
+        now.advance(seconds=1)  # alice/c1 is the most recent
+
+
+@pytest.fixture
+def populated(db_path: Path) -> Path:
+    asyncio.run(_populate(db_path))
+    return db_path
+
+
+def run(*argv: str | Path) -> tuple[int, str]:
+    """Call ``main``; argparse errors raise SystemExit, returned here as the exit code."""
+    out = io.StringIO()
+    try:
+        code = main([str(arg) for arg in argv], out=out)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    return code, out.getvalue()
+
+
+def row_counts(db_path: Path) -> dict[str, int]:
+    with closing(sqlite3.connect(db_path)) as conn:
+        return dict(
+            conn.execute("SELECT session_id, COUNT(*) FROM agent_messages GROUP BY 1").fetchall()
+        )
+
+
+def text_fields(output: str) -> dict[str, str]:
+    fields = {}
+    for line in output.splitlines():
+        match = re.fullmatch(r"(\S.*?)\s{2,}(\S.*)", line)
+        assert match, f"unparsable line {line!r}"
+        fields[match[1]] = match[2]
+    return fields
+
+
+# --- stats ----------------------------------------------------------------------------------
+
+
+def test_stats_text(populated: Path) -> None:
+    code, output = run("--db", populated, "stats")
+    assert code == 0
+    assert text_fields(output) == {
+        "database": str(populated),
+        "sessions": "3",
+        "active sessions": "2",
+        "idle sessions": "1",
+        "average items per session": "3.67",
+        "retention days": "7",
+        "max messages": "200",
+    }, output
+
+
+def test_stats_json(populated: Path) -> None:
+    code, output = run("--db", populated, "stats", "--json")
+    assert code == 0
+    assert json.loads(output) == {
+        "database": str(populated),
+        "sessions": 3,
+        "active_sessions": 2,
+        "idle_sessions": 1,
+        "average_items_per_session": 3.67,
+        "retention_days": 7,
+        "max_messages": 200,
+    }
+
+
+def test_stats_reads_settings_from_the_environment(
+    populated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGENT_SESSION_DB_PATH", str(populated))
+    monkeypatch.setenv("AGENT_SESSION_RETENTION_DAYS", "60")
+    get_settings.cache_clear()
+    code, output = run("stats", "--json")
+    assert code == 0
+    summary = json.loads(output)
+    assert (summary["database"], summary["retention_days"]) == (str(populated), 60)
+    assert (summary["active_sessions"], summary["idle_sessions"]) == (3, 0), summary
+
+
+# --- list -----------------------------------------------------------------------------------
+
+
+def test_list_text(populated: Path) -> None:
+    code, output = run("--db", populated, "list")
+    assert code == 0
+    lines = output.splitlines()
+    assert lines[0].split() == [
+        "SESSION",
+        "USER",
+        "CONVERSATION",
+        "ITEMS",
+        "CORRUPT",
+        "LAST",
+        "ACTIVITY",
+    ]
+    assert set(lines[1]) <= {"-", " "}
+    rows = [line.split() for line in lines[2:]]
+    assert [row[:5] for row in rows] == [
+        [ALICE_1, "alice", "c1", "6", "0"],
+        [ALICE_2, "alice", "c2", "2", "0"],
+        [BOB, "bob", "c1", "3", "0"],
+    ], output
+
+
+def test_list_by_user_paged_and_json(populated: Path) -> None:
+    code, output = run("--db", populated, "list", "--user", "alice", "--json")
+    assert code == 0
+    listed = json.loads(output)
+    assert [s["session_id"] for s in listed] == [ALICE_1, ALICE_2]
+    assert listed[0]["message_count"] == 6
+    assert listed[0]["created_at"].endswith(("Z", "+00:00")), listed[0]["created_at"]
+    code, output = run("--db", populated, "list", "--limit", "1", "--offset", "1", "--json")
+    assert code == 0
+    assert [s["session_id"] for s in json.loads(output)] == [ALICE_2]
+    code, output = run("--db", populated, "list", "--user", "nobody")
+    assert (code, output) == (0, "no sessions\n")
+
+
+def test_list_empty_database(db_path: Path) -> None:
+    assert run("--db", db_path, "list") == (0, "no sessions\n")
+    code, output = run("--db", db_path, "list", "--json")
+    assert code == 0
+    assert json.loads(output) == []
+    code, output = run("--db", db_path, "stats", "--json")
+    assert json.loads(output)["sessions"] == 0
+    assert json.loads(output)["average_items_per_session"] == 0.0
+
+
+# --- show and export ------------------------------------------------------------------------
+
+
+def test_show_text(populated: Path) -> None:
+    code, output = run("--db", populated, "show", ALICE_1)
+    assert code == 0
+    head, _, table = output.partition("\n\n")
+    fields = dict(line.split(": ", 1) for line in head.splitlines())
+    assert fields["session_id"] == ALICE_1
+    assert (fields["user_id"], fields["conversation_id"]) == ("alice", "c1")
+    assert (fields["message_count"], fields["corrupt_items"]) == ("6", "0")
+    rows = table.splitlines()[2:]
+    assert len(rows) == 6, table
+    assert rows[3].split()[:2] == ["3", "function_call"], rows[3]
+    assert "Paris" in rows[3]
+    assert rows[4].split()[:2] == ["4", "function_call_output"], rows[4]
+    assert "sunny" in rows[4]
+
+
+def test_show_json(populated: Path) -> None:
+    code, output = run("--db", populated, "show", ALICE_1, "--json")
+    assert code == 0
+    shown = json.loads(output)
+    assert shown["session_id"] == ALICE_1
+    assert shown["items"] == TOOL_CONVERSATION
+
+
+def test_export_json(populated: Path) -> None:
+    code, output = run("--db", populated, "export", BOB)
+    assert code == 0
+    exported = json.loads(output)
+    assert exported["items"] == BOB_ITEMS
+    assert (exported["user_id"], exported["message_count"]) == ("bob", 3)
+    code, again = run("--db", populated, "export", BOB, "--format", "json")
+    assert again == output
+
+
+def test_export_markdown_with_a_tool_call(populated: Path) -> None:
+    code, output = run("--db", populated, "export", ALICE_1, "--format", "markdown")
+    assert code == 0
+    assert output.startswith(f"# Session `{ALICE_1}`\n"), output[:80]
+    for expected in (
+        "- user: `alice`",
+        "- conversation: `c1`",
+        "- items: 6 (corrupt rows skipped: 0)",
+        "**User:** hello",
+        "**Assistant:** hi there",
+        "**User:** what's the weather in Paris?",
+        '**Tool call** `get_weather({"city": "Paris"})` (call `call_1`)',
+        "**Tool output** (call `call_1`): sunny, 21 C",
+        "**Assistant:** It is sunny in Paris.",
+    ):
+        assert expected in output, f"missing {expected!r} in:\n{output}"
+    order = [output.index(s) for s in ("hello", "Tool call", "Tool output", "It is sunny")]
+    assert order == sorted(order), order
+
+
+# --- prune, clear, cleanup ------------------------------------------------------------------
+
+
+def test_prune_one_session(populated: Path) -> None:
+    code, output = run("--db", populated, "prune", ALICE_1)
+    assert (code, output) == (0, f"pruned 0 item(s) from {ALICE_1}\n")  # 6 <= 200
+    code, output = run("--db", populated, "prune", ALICE_1, "--max-messages", "4")
+    assert (code, output) == (0, f"pruned 2 item(s) from {ALICE_1}\n")
+    assert row_counts(populated) == {ALICE_1: 4, ALICE_2: 2, BOB: 3}
+    code, output = run("--db", populated, "show", ALICE_1, "--json")
+    assert json.loads(output)["items"] == TOOL_CONVERSATION[2:]
+
+
+def test_prune_all(populated: Path) -> None:
+    code, output = run("--db", populated, "prune", "--all", "--max-messages", "2")
+    # alice/c1 keeps its last turn whole (4), alice/c2 fits (2), bob keeps "oldest?" (1).
+    assert (code, output) == (0, "pruned 4 item(s) across all sessions\n")
+    assert row_counts(populated) == {ALICE_1: 4, ALICE_2: 2, BOB: 1}
+
+
+def test_clear(populated: Path) -> None:
+    code, output = run("--db", populated, "clear", BOB)
+    assert (code, output) == (0, f"cleared {BOB} (3 item(s) deleted)\n")
+    assert row_counts(populated) == {ALICE_1: 6, ALICE_2: 2}
+    with closing(sqlite3.connect(populated)) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM agent_sessions").fetchone() == (2,)
+
+
+def test_cleanup_dry_run_then_for_real(populated: Path) -> None:
+    code, output = run("--db", populated, "cleanup", "--dry-run")
+    assert (code, output) == (0, "would delete 1 session(s) idle for more than 7 day(s)\n")
+    assert BOB in row_counts(populated)
+    code, output = run("--db", populated, "cleanup", "--retention-days", "40")
+    assert (code, output) == (0, "deleted 0 session(s) idle for more than 40 day(s)\n")
+    assert BOB in row_counts(populated)
+    code, output = run("--db", populated, "cleanup")
+    assert (code, output) == (0, "deleted 1 session(s) idle for more than 7 day(s)\n")
+    assert row_counts(populated) == {ALICE_1: 6, ALICE_2: 2}
+
+
+# --- bad input: exit 2, a message, no traceback ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["frobnicate"], "invalid choice"),
+        ([], "required"),
+        (["cleanup", "--retention-days", "0"], "positive integer"),
+        (["cleanup", "--retention-days", "soon"], "positive integer"),
+        (["list", "--limit", "-1"], "positive integer"),
+        (["list", "--offset", "-1"], "integer >= 0"),
+        (["prune", BOB, "--all"], "not allowed with"),
+        (["prune"], "required"),
+        (["prune", "--all", "--max-messages", "0"], "positive integer"),
+        (["export", BOB, "--format", "pdf"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_exit_2(
+    populated: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    before = row_counts(populated)
+    code, output = run("--db", populated, *argv)
+    err = capsys.readouterr().err
+    assert code == 2, (argv, code, err)
+    assert message in err, err
+    assert "Traceback" not in err
+    assert output == ""
+    assert row_counts(populated) == before
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("AGENT_SESSION_MAX_MESSAGES", "0"), ("AGENT_SESSION_TIMEZONE", "Mars/Olympus")],
+)
+def test_invalid_environment_exits_2(
+    populated: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    variable: str,
+    value: str,
+) -> None:
+    monkeypatch.setenv(variable, value)
+    get_settings.cache_clear()
+    code, output = run("--db", populated, "stats")
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert variable in err, err
+    assert "Traceback" not in err
+    assert output == ""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["show", "user_nobody_conv_x"],
+        ["show", "user_nobody_conv_x", "--json"],
+        ["export", "user_nobody_conv_x", "--format", "markdown"],
+        ["clear", "user_nobody_conv_x"],
+        ["prune", "user_nobody_conv_x"],
+    ],
+)
+def test_unknown_session_exits_1(
+    populated: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    before = row_counts(populated)
+    code, output = run("--db", populated, *argv)
+    err = capsys.readouterr().err
+    assert code == 1, (argv, err)
+    assert "user_nobody_conv_x" in err, err
+    assert "Traceback" not in err
+    assert output == ""
+    assert row_counts(populated) == before
+
+
+def test_db_that_is_not_sqlite_exits_1_and_is_left_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "notes.txt"
+    content = b"my notes, not a database\n" * 100
+    path.write_bytes(content)
+    code, output = run("--db", path, "stats")
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert str(path) in err, err
+    assert "Traceback" not in err
+    assert output == ""
+    assert path.read_bytes() == content
+
+
+def test_db_that_is_a_folder_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    code, _ = run("--db", folder, "list")
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert str(folder) in err, err
+    assert "Traceback" not in err
+    assert list(folder.iterdir()) == []
+
+
+# --- the installed console script -----------------------------------------------------------
+
+
+def script() -> str:
+    found = shutil.which("agent-sessions") or str(Path(sys.executable).parent / "agent-sessions")
+    assert Path(found).is_file(), f"console script not installed: {found}"
+    return found
+
+
+def test_console_script_runs_stats(populated: Path, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [script(), "--db", str(populated), "stats", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["sessions"] == 3
+
+
+def test_console_script_bad_input_exits_2_without_traceback(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [script(), "--db", str(tmp_path / "x.db"), "cleanup", "--retention-days", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "retention-days" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+DATABASE_COMMANDS = """
+import io, json, sys
+from agent_sessions.cli import main
+
+db = sys.argv[1]
+for argv in (
+    ["stats"], ["stats", "--json"], ["list"], ["list", "--json"], ["show", "{alice}"],
+    ["export", "{alice}", "--format", "markdown"], ["prune", "--all"],
+    ["prune", "{alice}", "--max-messages", "4"], ["cleanup", "--dry-run"], ["cleanup"],
+    ["clear", "{alice}"],
+):
+    code = main(["--db", db, *argv], out=io.StringIO())
+    assert code == 0, (argv, code)
+print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
+""".replace("{alice}", ALICE_1)
+
+
+def top_level_modules_after_database_commands(db_path: Path, cwd: Path) -> set[str]:
+    """Run every database command in one fresh interpreter; return what it imported."""
+    done = subprocess.run(
+        [sys.executable, "-c", DATABASE_COMMANDS, str(db_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert ALICE_1 not in row_counts(db_path), "the commands did not run"
+    return set(json.loads(done.stdout))
+
+
+def test_database_commands_do_not_import_the_sdk(populated: Path, tmp_path: Path) -> None:
+    loaded = top_level_modules_after_database_commands(populated, tmp_path)
+    assert "agent_sessions" in loaded
+    assert not loaded & {"agents", "openai"}, sorted(loaded & {"agents", "openai"})
+
+
+def test_database_commands_do_not_import_the_scheduler(populated: Path, tmp_path: Path) -> None:
+    loaded = top_level_modules_after_database_commands(populated, tmp_path)
+    assert "apscheduler" not in loaded
+
+
+def test_daemon_starts_and_stops_on_sigterm(db_path: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "AGENT_SESSION_TIMEZONE": "Europe/Paris"}
+    process = subprocess.Popen(
+        [script(), "--db", str(db_path), "daemon"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.put(line)
+        lines.put(None)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    seen: list[str] = []
+    try:
+        deadline = time.monotonic() + 30
+        while not any("daemon started" in line for line in seen):
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            assert line is not None, f"daemon exited before starting: {seen}"
+            seen.append(line)
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    reader.join(timeout=10)
+    while (line := lines.get_nowait()) is not None:
+        seen.append(line)
+    assert code == 0, seen
+    assert str(db_path) in next(line for line in seen if "daemon started" in line)
+    assert any(line.rstrip().endswith("daemon stopped") for line in seen), seen
+    assert not any("Traceback" in line for line in seen), seen
+    assert process.stdout is not None
+    assert process.stdout.read() == ""
+    process.stdout.close()
+    process.stderr.close()  # type: ignore[union-attr]
