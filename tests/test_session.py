@@ -287,3 +287,16 @@ async def test_output_whose_call_was_pruned_away_is_not_stored(
         await session.add_items([user("q2"), call])
         await session.add_items([output])
         assert (await session.get_items())[-2:] == [call, output]
+
+
+async def test_rows_that_parse_only_when_joined_are_still_corrupt(db_path: Path) -> None:
+    with AgentSession("u", "c", db_path=db_path) as session:
+        await session.add_items([user("ok")])
+        with sqlite3.connect(db_path) as conn:
+            conn.executemany(
+                "INSERT INTO agent_messages (session_id, message_data) VALUES (?, ?)",
+                [(session.session_id, '{"a": [1'), (session.session_id, '2]}')],
+            )
+        conn.close()
+        await session.add_items([assistant("after")])
+        assert await session.get_items() == [user("ok"), assistant("after")]

@@ -1,0 +1,117 @@
+"""The performance targets agent_sessions is being tuned towards, checked against a run.
+
+Every figure is taken from the summaries: for ratios, the median over rounds of the ratio
+measured within each round.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .core import Section, fmt
+
+
+@dataclass(frozen=True)
+class Target:
+    workload: str
+    text: str
+    measured: str
+    met: bool | None  # None: the workload was not run
+
+    def line(self) -> str:
+        verdict = "NOT RUN" if self.met is None else "MET" if self.met else "NOT MET"
+        return f"target: {self.text}  measured: {self.measured}  {verdict}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _at_least(value: float, bound: float) -> bool:
+    return not math.isnan(value) and value >= bound
+
+
+def _at_most(value: float, bound: float) -> bool:
+    return not math.isnan(value) and value <= bound
+
+
+Check = Callable[[dict[str, Any]], tuple[str, bool]]
+
+
+def _ratio_check(key: str, bound: float, *, at_most: bool = False) -> Check:
+    def check(summary: dict[str, Any]) -> tuple[str, bool]:
+        value = summary["agent"][key]
+        met = _at_most(value, bound) if at_most else _at_least(value, bound)
+        return f"{fmt(value)}x", met
+
+    return check
+
+
+def _cleanup_check(label: str) -> Check:
+    def check(summary: dict[str, Any]) -> tuple[str, bool]:
+        value = summary[label]["writer_max_ms"]
+        return f"{fmt(value)} ms", _at_most(value, 50.0)
+
+    return check
+
+
+def _errors_check(summary: dict[str, Any]) -> tuple[str, bool]:
+    errors = summary["agent"]["errors"]
+    return f"{errors} errors", errors == 0
+
+
+TARGETS: tuple[tuple[str, str, Check], ...] = (
+    ("turn_1task", "turn_1task agent >= 1.2x sdk turns/s", _ratio_check("rate_vs_sdk", 1.2)),
+    (
+        "turn_1task",
+        "turn_1task agent >= 0.8x baseline_prune turns/s",
+        _ratio_check("rate_vs_baseline_prune", 0.8),
+    ),
+    ("turn_16tasks", "turn_16tasks agent >= 2x sdk turns/s", _ratio_check("rate_vs_sdk", 2.0)),
+    (
+        "turn_16tasks",
+        "turn_16tasks agent p99 <= 3x baseline_prune p99",
+        _ratio_check("p99_vs_baseline_prune", 3.0, at_most=True),
+    ),
+    (
+        "get_items_200",
+        "get_items_200 agent >= 0.9x baseline_prune ops/s",
+        _ratio_check("rate_vs_baseline_prune", 0.9),
+    ),
+    (
+        "get_items_20",
+        "get_items_20 agent >= 0.8x baseline_prune ops/s",
+        _ratio_check("rate_vs_baseline_prune", 0.8),
+    ),
+    ("open_per_request", "open_per_request agent >= 5x sdk ops/s", _ratio_check("rate_vs_sdk", 5)),
+    (
+        "cleanup",
+        "cleanup (all idle) live writer max latency <= 50 ms",
+        _cleanup_check("all idle"),
+    ),
+    (
+        "cleanup",
+        "cleanup (1/10 idle) live writer max latency <= 50 ms",
+        _cleanup_check("1/10 idle"),
+    ),
+    ("multiprocess", "multiprocess agent 0 errors", _errors_check),
+    (
+        "multiprocess",
+        "multiprocess agent >= 1x sdk turns/s",
+        _ratio_check("rate_vs_sdk", 1.0),
+    ),
+)
+
+
+def evaluate(sections: dict[str, Section]) -> list[Target]:
+    results = []
+    for workload, text, check in TARGETS:
+        section = sections.get(workload)
+        if section is None:
+            results.append(Target(workload, text, "-", None))
+            continue
+        measured, met = check(section.summary)
+        results.append(Target(workload, text, measured, met))
+    return results
