@@ -23,6 +23,7 @@ import asyncio
 import atexit
 import contextlib
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -46,6 +47,9 @@ _FIRST_RETRY_DELAY = 0.0002
 _MAX_RETRY_DELAY = 0.004
 
 
+_Key = tuple[str, int, int]  # (path, pid, thread id)
+
+
 def _is_busy(exc: sqlite3.Error) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     if isinstance(code, int):
@@ -56,7 +60,7 @@ def _is_busy(exc: sqlite3.Error) -> bool:
 class Engine:
     """One configured, migrated connection to a database, for use from one thread."""
 
-    def __init__(self, path: str, key: tuple[str, int] | None = None) -> None:
+    def __init__(self, path: str, key: _Key | None = None) -> None:
         self.path = path
         self.key = key
         self.memory = path == ":memory:"
@@ -72,7 +76,7 @@ class Engine:
                 storage.migrate(conn)
                 conn.execute("PRAGMA busy_timeout = 0")
                 if not self.memory:
-                    conn.execute("PRAGMA wal_autocheckpoint = 0")
+                    conn.execute(storage.DISABLE_AUTOCHECKPOINT)
             except BaseException:
                 conn.close()
                 raise
@@ -123,7 +127,7 @@ def _checkpoint(path: str) -> None:
     try:
         conn = sqlite3.connect(path, check_same_thread=False)
         try:
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            conn.execute(storage.CHECKPOINT_PASSIVE)
         finally:
             conn.close()
     except sqlite3.Error as exc:
@@ -134,9 +138,11 @@ class _Registry:
     """Engines by (file, thread); idle ones are kept in a small LRU, then closed."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._engines: dict[tuple[str, int], Engine] = {}
-        self._idle: OrderedDict[tuple[str, int], Engine] = OrderedDict()
+        # Reentrant: a session's __del__ may release its engine from inside acquire(), when
+        # the garbage collector runs during an allocation there.
+        self._lock = threading.RLock()
+        self._engines: dict[_Key, Engine] = {}
+        self._idle: OrderedDict[_Key, Engine] = OrderedDict()
 
     def acquire(self, path: str) -> Engine:
         """Return the engine for ``path`` in this thread, opening it on first use.
@@ -148,7 +154,8 @@ class _Registry:
             private = Engine(path)  # like the SDK, every in-memory session is its own database
             private.users = 1
             return private
-        key = (path, threading.get_ident())
+        # The pid is part of the key: a connection must not be used across fork().
+        key = (path, os.getpid(), threading.get_ident())
         with self._lock:
             shared = self._engines.get(key)
             if shared is not None:

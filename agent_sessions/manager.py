@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 import warnings
@@ -20,6 +21,8 @@ from .errors import InvalidIdentifierError, SessionClosedError, SessionNotFoundE
 from .ids import normalize_identifier, positive_int
 from .settings import AgentSessionSettings, resolve_setting
 
+logger = logging.getLogger("agent_sessions")
+
 CLEANUP_BATCH_SIZE = 100
 """Sessions deleted by the first cleanup transaction; later batches adapt (see below)."""
 
@@ -27,6 +30,7 @@ CLEANUP_TRANSACTION_SECONDS = 0.01
 """Target length of one cleanup transaction: a live writer waits at most about this long."""
 
 _MAX_CLEANUP_BATCH = 500  # ids bound as parameters; well under SQLite's variable limit
+_CHECKPOINT_EVERY_BATCHES = 50
 
 
 class SessionStats(BaseModel):
@@ -111,6 +115,9 @@ class SessionManager:
                     try:
                         for pragma in storage.CONNECTION_PRAGMAS:
                             await db.execute(pragma)
+                        # Checkpoints run explicitly (see cleanup), not inside a COMMIT,
+                        # so a commit's duration is the time the write lock was held.
+                        await db.execute(storage.DISABLE_AUTOCHECKPOINT)
                     except BaseException:
                         await db.close()
                         raise
@@ -346,7 +353,7 @@ class SessionManager:
             if dry_run:
                 rows = list(await db.execute_fetchall(storage.COUNT_IDLE_SESSIONS, (cutoff,)))
                 return int(rows[0][0])
-            deleted = 0
+            deleted = batches = 0
             batch_size = self.cleanup_batch_size
             while True:
                 batch = [
@@ -356,6 +363,7 @@ class SessionManager:
                     )
                 ]
                 if not batch:
+                    await db.execute(storage.CHECKPOINT_PASSIVE)
                     return deleted
                 delete_rows, delete_sessions = storage.delete_idle_batch_statements(len(batch))
                 params = (cutoff, *batch)
@@ -370,6 +378,7 @@ class SessionManager:
                     raise
                 deleted += cursor.rowcount
                 held = time.perf_counter() - started
+                logger.debug("cleanup: %d session(s) in %.1f ms", len(batch), held * 1000)
                 # Size the next batch so the write lock is held about the target time, then
                 # leave it free at least as long, so live writers get their turn.
                 if held > CLEANUP_TRANSACTION_SECONDS:
@@ -377,3 +386,7 @@ class SessionManager:
                 elif held < CLEANUP_TRANSACTION_SECONDS / 4:
                     batch_size = min(_MAX_CLEANUP_BATCH, batch_size * 2)
                 await asyncio.sleep(min(held, CLEANUP_TRANSACTION_SECONDS))
+                batches += 1
+                if batches % _CHECKPOINT_EVERY_BATCHES == 0:
+                    # Passive: never blocks writers; it runs in aiosqlite's thread.
+                    await db.execute(storage.CHECKPOINT_PASSIVE)

@@ -121,6 +121,10 @@ CONNECTION_PRAGMAS = (
 )
 
 
+DISABLE_AUTOCHECKPOINT = "PRAGMA wal_autocheckpoint = 0"
+CHECKPOINT_PASSIVE = "PRAGMA wal_checkpoint(PASSIVE)"
+
+
 def configure_connection(conn: sqlite3.Connection) -> None:
     """Set the per-connection pragmas every connection of ours uses."""
     for pragma in CONNECTION_PRAGMAS:
@@ -499,13 +503,15 @@ def prune(conn: sqlite3.Connection, session_id: str, max_items: int) -> int:
     (count,) = conn.execute(COUNT_ROWS, (session_id,)).fetchone()
     if count <= max_items:
         return 0
-    window = conn.execute(SELECT_ROWS_FROM_OFFSET, (session_id, count - max_items)).fetchall()
     cut_row_id: int | None = None
-    for row_id, data in window:
-        item = decode_item(data)
-        if is_user_message(item):
-            cut_row_id = row_id
-            break
+    window = conn.execute(SELECT_ROWS_FROM_OFFSET, (session_id, count - max_items))
+    try:
+        for row_id, data in window:  # stepped lazily: usually only a few rows are read
+            if is_user_message(decode_item(data)):
+                cut_row_id = row_id
+                break
+    finally:
+        window.close()
     if cut_row_id is None:
         cut_row_id = plan_cut(conn.execute(SELECT_ALL_ROWS, (session_id,)).fetchall(), max_items)
     if cut_row_id is None:

@@ -107,9 +107,13 @@ async def measure(path: Path, expected_idle: int) -> Figures:
         writing = asyncio.create_task(write_turns())
         await asyncio.sleep(IDLE_WRITER_S)
         cleaning.set()
+        lag = stats.LoopLag()
+        watching = asyncio.create_task(lag.watch())
         start = stats.now_ns()
         deleted = await manager.cleanup_inactive_sessions()
         seconds = (stats.now_ns() - start) / 1e9
+        lag.stop()
+        await watching
         stop.set()
         await writing
         remaining = await manager.get_session_count()
@@ -124,6 +128,7 @@ async def measure(path: Path, expected_idle: int) -> Figures:
         "sessions_left": remaining,
         "writer_before": stats.latency_summary(before),
         "writer_during": stats.latency_summary(during),
+        "loop_lag_during": lag.summary(),
         "writer_before_latencies_us": latencies_us(before),
         "writer_during_latencies_us": latencies_us(during),
     }
@@ -171,6 +176,7 @@ def cleanup(ctx: Context) -> Section:
         "writer p99 ms",
         "writer max ms",
         "writer p50 ms before",
+        "loop lag max ms",
     ]
     rows = []
     for label, figures in raw.items():
@@ -189,6 +195,7 @@ def cleanup(ctx: Context) -> Section:
                 fmt(during["p99_ms"], 3),
                 fmt(during["max_ms"], 2),
                 fmt(before["p50_ms"], 3),
+                fmt(figures["loop_lag_during"]["max_ms"], 2),
             ]
         )
     first, second = raw["all idle"], raw["1/10 idle"]

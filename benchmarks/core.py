@@ -145,7 +145,7 @@ def rate_table(
                 fmt(row.get("rate_vs_sdk")),
                 fmt(row.get("rate_vs_baseline_prune")),
                 fmt(row.get("p99_vs_baseline_prune")),
-                *[fmt(row.get(key), 0) for key, _ in extra],
+                *[fmt(row.get(key), 0 if key == "items_end" else 2) for key, _ in extra],
             ]
         )
     return headers, rows

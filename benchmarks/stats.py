@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import math
 import statistics
@@ -49,3 +50,29 @@ def settle() -> None:
 
 def now_ns() -> int:
     return time.perf_counter_ns()
+
+
+class LoopLag:
+    """How late the event loop wakes a task sleeping 1 ms: the longest stretch it was blocked.
+
+    Run ``watch()`` as a task beside a workload, then ``stop()``; ``summary()`` gives the
+    lateness in milliseconds (p50, p99, max).
+    """
+
+    INTERVAL_S = 0.001
+
+    def __init__(self) -> None:
+        self.late_ns: list[int] = []
+        self._stopped = False
+
+    async def watch(self) -> None:
+        while not self._stopped:
+            start = time.perf_counter_ns()
+            await asyncio.sleep(self.INTERVAL_S)
+            self.late_ns.append(max(0, time.perf_counter_ns() - start - int(self.INTERVAL_S * 1e9)))
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    def summary(self) -> dict[str, float]:
+        return latency_summary(self.late_ns)

@@ -48,10 +48,14 @@ async def one_task(candidate: str, path: Path, sizes: dict[str, Any]) -> Figures
             await timed_turn(session, turn)
         stats.settle()
         latencies = []
+        lag = stats.LoopLag()
+        watching = asyncio.create_task(lag.watch())
         start = stats.now_ns()
         for turn in turns[sizes["warmup"] :]:
             latencies.append(await timed_turn(session, turn))
         elapsed = stats.now_ns() - start
+        lag.stop()
+        await watching
         items_end = len(await session.get_items())
     finally:
         await candidates.close_session(session)
@@ -60,6 +64,7 @@ async def one_task(candidate: str, path: Path, sizes: dict[str, Any]) -> Figures
         "rate": len(latencies) / elapsed * 1e9,
         **stats.latency_summary(latencies),
         "items_end": items_end,
+        "loop_lag_max_ms": lag.summary()["max_ms"],
         "latencies_us": latencies_us(latencies),
     }
 
@@ -100,10 +105,17 @@ async def many_tasks(candidate: str, path: Path, sizes: dict[str, Any]) -> Figur
     }
 
 
-def _section(name: str, title: str, results: list[dict[str, Figures]], notes: list[str]) -> Section:
+def _section(
+    name: str,
+    title: str,
+    results: list[dict[str, Figures]],
+    notes: list[str],
+    extra: list[tuple[str, str]] | None = None,
+) -> Section:
     names = candidates.ALL
     summary = summarize(results, names)
-    headers, rows = rate_table(summary, names, "turns/s", [("items_end", "items at end")])
+    columns = [("items_end", "items at end"), *(extra or [])]
+    headers, rows = rate_table(summary, names, "turns/s", columns)
     return Section(name, title, headers, rows, notes, summary, results)
 
 
@@ -114,7 +126,13 @@ def turn_1task(ctx: Context) -> Section:
         f"turn_1task: one task, one session preloaded with {items.PRELOAD_ITEMS} items, "
         f"{sizes['turns']} measured turns after {sizes['warmup']} warm-up turns"
     )
-    return _section("turn_1task", title, results, [])
+    notes = [
+        "loop lag: how late a task sleeping 1 ms beside the turns was woken, i.e. the longest "
+        "the event loop was blocked by one session call (the threaded SDK sessions block it "
+        "least, at a thread hop per call)"
+    ]
+    extra = [("loop_lag_max_ms", "loop lag max ms")]
+    return _section("turn_1task", title, results, notes, extra)
 
 
 def turn_16tasks(ctx: Context) -> Section:
