@@ -355,12 +355,39 @@ def migrate(conn: sqlite3.Connection) -> int:
 # --- items ----------------------------------------------------------------------------------
 
 
+MAX_ITEM_DEPTH = 200
+"""Deepest nesting of lists and objects accepted in an item.
+
+Python's JSON decoder recurses once per level and fails past the interpreter's recursion
+limit (about 1,000, less the caller's own stack), so a deeper item could be written but not
+read back. SDK items nest a handful of levels.
+"""
+
+
+def _depth(item: object) -> int:
+    deepest = 0
+    stack: list[tuple[object, int]] = [(item, 1)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, dict):
+            children: Iterable[object] = value.values()
+        elif isinstance(value, list | tuple):
+            children = value
+        else:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_ITEM_DEPTH:
+            return deepest
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
 def encode_items(items: Iterable[Any]) -> list[str]:
     """Serialise items to JSON text, rejecting anything that would not read back as an item.
 
     Raises:
-        InvalidItemError: naming the position of the first item that is not a JSON object or
-            not serialisable; nothing is written in that case.
+        InvalidItemError: naming the position of the first item that is not a JSON object, is
+            not serialisable, or nests deeper than ``MAX_ITEM_DEPTH``; nothing is written then.
     """
     payloads = []
     for position, item in enumerate(items):
@@ -369,9 +396,18 @@ def encode_items(items: Iterable[Any]) -> list[str]:
                 f"item {position} is a {type(item).__name__}, not a dict (a JSON object)"
             )
         try:
-            payloads.append(json.dumps(item, allow_nan=False))
+            payload = json.dumps(item, allow_nan=False)
         except (TypeError, ValueError, RecursionError) as exc:
             raise InvalidItemError(f"item {position} cannot be stored as JSON: {exc}") from exc
+        # Counting brackets is cheap; only a payload with that many is walked for its depth.
+        if payload.count("{") + payload.count("[") > MAX_ITEM_DEPTH and (
+            _depth(item) > MAX_ITEM_DEPTH
+        ):
+            raise InvalidItemError(
+                f"item {position} nests deeper than {MAX_ITEM_DEPTH} levels; it could not be "
+                "read back"
+            )
+        payloads.append(payload)
     return payloads
 
 

@@ -300,3 +300,21 @@ async def test_rows_that_parse_only_when_joined_are_still_corrupt(db_path: Path)
         conn.close()
         await session.add_items([assistant("after")])
         assert await session.get_items() == [user("ok"), assistant("after")]
+
+
+async def test_items_nested_deeper_than_can_be_read_back_are_refused(db_path: Path) -> None:
+    from agent_sessions.storage import MAX_ITEM_DEPTH
+
+    def nested(levels: int) -> dict[str, object]:
+        value: object = "leaf"
+        for _ in range(levels - 1):
+            value = {"a": value}
+        return {"role": "user", "content": value}
+
+    with AgentSession("u", "c", db_path=db_path) as session:
+        deepest = nested(MAX_ITEM_DEPTH)
+        await session.add_items([deepest])
+        assert await session.get_items() == [deepest]
+        with pytest.raises(InvalidItemError, match="deeper than"):
+            await session.add_items([nested(MAX_ITEM_DEPTH + 1)])
+        assert await session.get_items() == [deepest]
