@@ -4,24 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 import warnings
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import aiosqlite
 from pydantic import BaseModel, ConfigDict
 
 from . import storage
 from .clock import Clock, from_timestamp, now_timestamp, utc_now
-from .errors import InvalidIdentifierError, SessionClosedError, SessionNotFoundError
+from .errors import (
+    InvalidIdentifierError,
+    SessionClosedError,
+    SessionNotFoundError,
+    StorageUnavailableError,
+)
 from .ids import normalize_identifier, positive_int
 from .settings import AgentSessionSettings, resolve_setting
 
 logger = logging.getLogger("agent_sessions")
+
+T = TypeVar("T")
 
 CLEANUP_BATCH_SIZE = 100
 """Sessions deleted by the first cleanup transaction; later batches adapt (see below)."""
@@ -72,6 +81,7 @@ class SessionManager:
         settings: AgentSessionSettings | None = None,
         clock: Clock | None = None,
         cleanup_batch_size: int = CLEANUP_BATCH_SIZE,
+        create: bool = True,
     ) -> None:
         """Configure the manager; nothing is opened yet.
 
@@ -82,6 +92,8 @@ class SessionManager:
             settings: Settings to use instead of ``get_settings()``.
             clock: Returns the current aware datetime; idleness is measured against it.
             cleanup_batch_size: Sessions deleted by the first cleanup transaction.
+            create: Create the database (and its folder) if it does not exist; with
+                ``False`` a missing file raises ``StorageUnavailableError`` instead.
 
         Raises:
             InvalidArgumentError: if a number is not a positive integer.
@@ -95,8 +107,12 @@ class SessionManager:
         )
         self.cleanup_batch_size = positive_int(cleanup_batch_size, "cleanup_batch_size")
         self._clock: Clock = clock or utc_now
+        self._create = create
         self._db: aiosqlite.Connection | None = None
         self._open_lock = asyncio.Lock()
+        # One aiosqlite connection serves every task using this manager: the lock keeps one
+        # operation (and so one transaction) on it at a time.
+        self._lock = asyncio.Lock()
         self._closed = False
 
     # --- lifecycle ---
@@ -108,8 +124,7 @@ class SessionManager:
             return self._db
         async with self._open_lock:
             if self._db is None:
-                path = storage.prepare_path(self.db_path)
-                await asyncio.to_thread(lambda: storage.connect(path).close())
+                path = await asyncio.to_thread(self._prepare_file)
                 with storage.translate_errors(path):
                     db = await aiosqlite.connect(path, isolation_level=None)
                     try:
@@ -123,6 +138,64 @@ class SessionManager:
                         raise
                 self._db = db
         return self._db
+
+    def _prepare_file(self) -> str:
+        # In a worker thread: creating, converting to WAL and migrating may wait on the disk
+        # or on another process's migration.
+        if not self._create and not os.path.exists(self.db_path):
+            raise StorageUnavailableError(f"no database at {self.db_path!r}", path=self.db_path)
+        path = storage.prepare_path(self.db_path)
+        storage.connect(path).close()
+        return path
+
+    async def _use(
+        self, body: Callable[[aiosqlite.Connection], Awaitable[T]], *, write: bool = False
+    ) -> T:
+        """Run ``body`` alone on the connection; with ``write``, in one transaction.
+
+        The body runs in a task that is always finished, even if the caller is cancelled:
+        a cancelled caller must not leave the shared connection inside a transaction (it
+        would hold the write lock for every process until the manager closed).
+        """
+        db = await self._connection()
+        async with self._lock:
+            task = asyncio.ensure_future(self._run(db, body, write))
+            cancelled: asyncio.CancelledError | None = None
+            while not task.done():
+                try:
+                    await asyncio.wait({task})
+                except asyncio.CancelledError as exc:
+                    cancelled = cancelled or exc
+            if cancelled is not None:
+                if not task.cancelled():
+                    task.exception()  # retrieved, so it is not reported as never retrieved
+                raise cancelled
+            return task.result()
+
+    async def _run(
+        self,
+        db: aiosqlite.Connection,
+        body: Callable[[aiosqlite.Connection], Awaitable[T]],
+        write: bool,
+    ) -> T:
+        with storage.translate_errors(self.db_path):
+            if not write:
+                return await body(db)
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                result = await body(db)
+                await db.commit()
+            except BaseException:
+                if db.in_transaction:
+                    await db.rollback()
+                raise
+            return result
+
+    async def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        async def fetch(db: aiosqlite.Connection) -> list[Any]:
+            return list(await db.execute_fetchall(sql, params))
+
+        return await self._use(fetch)
 
     async def open(self) -> Self:
         """Open the connection (and migrate the schema) now rather than on first use."""
@@ -163,7 +236,8 @@ class SessionManager:
     def _cutoff(self, retention_days: int) -> float:
         return self._now() - timedelta(days=retention_days).total_seconds()
 
-    async def _stats(self, db: aiosqlite.Connection, row: Any) -> SessionStats:
+    @staticmethod
+    async def _stats(db: aiosqlite.Connection, row: Any) -> SessionStats:
         session_id, user_id, conversation_id, created_ts, last_activity_ts = row
         rows = await db.execute_fetchall(storage.SELECT_ALL_ROWS, (session_id,))
         decoded = storage.decode_rows(rows)  # type: ignore[arg-type]
@@ -177,6 +251,13 @@ class SessionManager:
             last_activity=from_timestamp(last_activity_ts if last_activity_ts is not None else 0.0),
         )
 
+    @staticmethod
+    async def _require(db: aiosqlite.Connection, session_id: str) -> Any:
+        rows = list(await db.execute_fetchall(storage.SELECT_SESSION, (session_id,)))
+        if not rows:
+            raise SessionNotFoundError(session_id)
+        return rows[0]
+
     async def get_session_stats(self, session_id: str) -> SessionStats:
         """Return what is stored for ``session_id``.
 
@@ -184,12 +265,11 @@ class SessionManager:
             SessionNotFoundError: if no session has that id.
         """
         session_id = _session_id(session_id)
-        db = await self._connection()
-        with storage.translate_errors(self.db_path):
-            rows = list(await db.execute_fetchall(storage.SELECT_SESSION, (session_id,)))
-            if not rows:
-                raise SessionNotFoundError(session_id)
-            return await self._stats(db, rows[0])
+
+        async def stats(db: aiosqlite.Connection) -> SessionStats:
+            return await self._stats(db, await self._require(db, session_id))
+
+        return await self._use(stats)
 
     async def get_items(self, session_id: str) -> list[dict[str, Any]]:
         """Return a session's decodable items, oldest first (corrupt rows are skipped).
@@ -198,12 +278,13 @@ class SessionManager:
             SessionNotFoundError: if no session has that id.
         """
         session_id = _session_id(session_id)
-        db = await self._connection()
-        with storage.translate_errors(self.db_path):
-            if not list(await db.execute_fetchall(storage.SELECT_SESSION, (session_id,))):
-                raise SessionNotFoundError(session_id)
+
+        async def items(db: aiosqlite.Connection) -> list[dict[str, Any]]:
+            await self._require(db, session_id)
             rows = await db.execute_fetchall(storage.SELECT_ALL_ROWS, (session_id,))
-        return [dict(item) for item in storage.decode_rows(rows).items]  # type: ignore[arg-type]
+            return [dict(item) for item in storage.decode_rows(rows).items]  # type: ignore[arg-type]
+
+        return await self._use(items)
 
     async def list_sessions(
         self, user_id: str | uuid.UUID | None = None, *, limit: int = 50, offset: int = 0
@@ -216,32 +297,25 @@ class SessionManager:
         """
         limit = positive_int(limit, "limit")
         offset = positive_int(offset, "offset", minimum=0)
-        db = await self._connection()
-        with storage.translate_errors(self.db_path):
-            if user_id is None:
+        user = None if user_id is None else normalize_identifier(user_id, "user_id")
+
+        async def listing(db: aiosqlite.Connection) -> list[SessionStats]:
+            if user is None:
                 rows = await db.execute_fetchall(storage.LIST_SESSIONS, (limit, offset))
             else:
-                user = normalize_identifier(user_id, "user_id")
                 rows = await db.execute_fetchall(storage.LIST_USER_SESSIONS, (user, limit, offset))
             return [await self._stats(db, row) for row in rows]
 
+        return await self._use(listing)
+
     async def get_session_count(self) -> int:
         """Count all stored sessions."""
-        db = await self._connection()
-        with storage.translate_errors(self.db_path):
-            rows = list(await db.execute_fetchall(storage.COUNT_SESSIONS_AND_ROWS))
-        return int(rows[0][0])
+        return int((await self._fetch(storage.COUNT_SESSIONS_AND_ROWS))[0][0])
 
     async def get_active_session_count(self) -> int:
         """Count sessions active within the last ``retention_days``."""
-        db = await self._connection()
-        with storage.translate_errors(self.db_path):
-            rows = list(
-                await db.execute_fetchall(
-                    storage.COUNT_ACTIVE_SESSIONS, (self._cutoff(self.retention_days),)
-                )
-            )
-        return int(rows[0][0])
+        cutoff = self._cutoff(self.retention_days)
+        return int((await self._fetch(storage.COUNT_ACTIVE_SESSIONS, (cutoff,)))[0][0])
 
     async def get_average_messages_per_session(self) -> float:
         """Average stored rows per session; ``0.0`` when there are no sessions.
@@ -249,10 +323,7 @@ class SessionManager:
         Counted in SQL over the whole table, so rows that fail to decode are included (unlike
         ``SessionStats.message_count``, which decodes each row).
         """
-        db = await self._connection()
-        with storage.translate_errors(self.db_path):
-            rows = list(await db.execute_fetchall(storage.COUNT_SESSIONS_AND_ROWS))
-        sessions, items = rows[0]
+        sessions, items = (await self._fetch(storage.COUNT_SESSIONS_AND_ROWS))[0]
         return float(items) / sessions if sessions else 0.0
 
     # --- maintenance ---
@@ -267,23 +338,17 @@ class SessionManager:
             SessionNotFoundError: if no session has that id.
         """
         session_id = _session_id(session_id)
-        db = await self._connection()
-        with storage.translate_errors(self.db_path):
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                if not list(await db.execute_fetchall(storage.SELECT_SESSION, (session_id,))):
-                    raise SessionNotFoundError(session_id)
-                rows = await db.execute_fetchall(storage.SELECT_ALL_ROWS, (session_id,))
-                cut = storage.plan_cut(list(rows), self.max_messages)  # type: ignore[arg-type]
-                deleted = 0
-                if cut is not None:
-                    cursor = await db.execute(storage.DELETE_ROWS_BEFORE, (session_id, cut))
-                    deleted = cursor.rowcount
-                await db.commit()
-            except BaseException:
-                await db.rollback()
-                raise
-        return deleted
+
+        async def prune(db: aiosqlite.Connection) -> int:
+            await self._require(db, session_id)
+            rows = await db.execute_fetchall(storage.SELECT_ALL_ROWS, (session_id,))
+            cut = storage.plan_cut(list(rows), self.max_messages)  # type: ignore[arg-type]
+            if cut is None:
+                return 0
+            cursor = await db.execute(storage.DELETE_ROWS_BEFORE, (session_id, cut))
+            return int(cursor.rowcount)
+
+        return await self._use(prune, write=True)
 
     async def prune_all_sessions(self) -> int:
         """Apply the pruning rule to every session, one transaction each.
@@ -291,11 +356,8 @@ class SessionManager:
         Returns:
             The number of items deleted in all.
         """
-        db = await self._connection()
-        with storage.translate_errors(self.db_path):
-            ids = [row[0] for row in await db.execute_fetchall(storage.LIST_SESSION_IDS)]
         deleted = 0
-        for session_id in ids:
+        for (session_id,) in await self._fetch(storage.LIST_SESSION_IDS):
             try:
                 deleted += await self.prune_session_messages(session_id)
             except SessionNotFoundError:
@@ -312,19 +374,14 @@ class SessionManager:
             SessionNotFoundError: if no session has that id.
         """
         session_id = _session_id(session_id)
-        db = await self._connection()
-        with storage.translate_errors(self.db_path):
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                if not list(await db.execute_fetchall(storage.SELECT_SESSION, (session_id,))):
-                    raise SessionNotFoundError(session_id)
-                deleted = (await db.execute(storage.DELETE_SESSION_ROWS, (session_id,))).rowcount
-                await db.execute(storage.DELETE_SESSION, (session_id,))
-                await db.commit()
-            except BaseException:
-                await db.rollback()
-                raise
-        return deleted
+
+        async def clear(db: aiosqlite.Connection) -> int:
+            await self._require(db, session_id)
+            deleted = (await db.execute(storage.DELETE_SESSION_ROWS, (session_id,))).rowcount
+            await db.execute(storage.DELETE_SESSION, (session_id,))
+            return int(deleted)
+
+        return await self._use(clear, write=True)
 
     async def cleanup_inactive_sessions(
         self, *, retention_days: int | None = None, dry_run: bool = False
@@ -348,45 +405,36 @@ class SessionManager:
             "retention_days",
         )
         cutoff = self._cutoff(days)
-        db = await self._connection()
-        with storage.translate_errors(self.db_path):
-            if dry_run:
-                rows = list(await db.execute_fetchall(storage.COUNT_IDLE_SESSIONS, (cutoff,)))
-                return int(rows[0][0])
-            deleted = batches = 0
-            batch_size = self.cleanup_batch_size
-            while True:
-                batch = [
-                    row[0]
-                    for row in await db.execute_fetchall(
-                        storage.SELECT_IDLE_BATCH, (cutoff, batch_size)
-                    )
-                ]
-                if not batch:
-                    await db.execute(storage.CHECKPOINT_PASSIVE)
-                    return deleted
-                delete_rows, delete_sessions = storage.delete_idle_batch_statements(len(batch))
-                params = (cutoff, *batch)
-                started = time.perf_counter()
-                await db.execute("BEGIN IMMEDIATE")
-                try:
-                    await db.execute(delete_rows, params)
-                    cursor = await db.execute(delete_sessions, params)
-                    await db.commit()
-                except BaseException:
-                    await db.rollback()
-                    raise
-                deleted += cursor.rowcount
-                held = time.perf_counter() - started
-                logger.debug("cleanup: %d session(s) in %.1f ms", len(batch), held * 1000)
-                # Size the next batch so the write lock is held about the target time, then
-                # leave it free at least as long, so live writers get their turn.
-                if held > CLEANUP_TRANSACTION_SECONDS:
-                    batch_size = max(1, batch_size // 2)
-                elif held < CLEANUP_TRANSACTION_SECONDS / 4:
-                    batch_size = min(_MAX_CLEANUP_BATCH, batch_size * 2)
-                await asyncio.sleep(min(held, CLEANUP_TRANSACTION_SECONDS))
-                batches += 1
-                if batches % _CHECKPOINT_EVERY_BATCHES == 0:
-                    # Passive: never blocks writers; it runs in aiosqlite's thread.
-                    await db.execute(storage.CHECKPOINT_PASSIVE)
+        if dry_run:
+            return int((await self._fetch(storage.COUNT_IDLE_SESSIONS, (cutoff,)))[0][0])
+        deleted = batches = 0
+        batch_size = self.cleanup_batch_size
+        while True:
+            batch = [
+                row[0] for row in await self._fetch(storage.SELECT_IDLE_BATCH, (cutoff, batch_size))
+            ]
+            if not batch:
+                await self._fetch(storage.CHECKPOINT_PASSIVE)
+                return deleted
+            delete_rows, delete_sessions = storage.delete_idle_batch_statements(len(batch))
+            params = (cutoff, *batch)
+
+            async def delete(db: aiosqlite.Connection) -> int:
+                await db.execute(delete_rows, params)  # noqa: B023 (awaited in this iteration)
+                return int((await db.execute(delete_sessions, params)).rowcount)  # noqa: B023
+
+            started = time.perf_counter()
+            deleted += await self._use(delete, write=True)
+            held = time.perf_counter() - started
+            logger.debug("cleanup: %d session(s) in %.1f ms", len(batch), held * 1000)
+            # Size the next batch so the write lock is held about the target time, then leave
+            # it free at least as long, so live writers get their turn.
+            if held > CLEANUP_TRANSACTION_SECONDS:
+                batch_size = max(1, batch_size // 2)
+            elif held < CLEANUP_TRANSACTION_SECONDS / 4:
+                batch_size = min(_MAX_CLEANUP_BATCH, batch_size * 2)
+            await asyncio.sleep(min(held, CLEANUP_TRANSACTION_SECONDS))
+            batches += 1
+            if batches % _CHECKPOINT_EVERY_BATCHES == 0:
+                # Passive: never blocks writers; it runs in aiosqlite's thread.
+                await self._fetch(storage.CHECKPOINT_PASSIVE)

@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,8 +152,30 @@ def connect(db_path: str | Path) -> sqlite3.Connection:
 
 
 def enable_wal(conn: sqlite3.Connection) -> None:
-    """Switch the database to WAL so readers never block writers."""
-    conn.execute("PRAGMA journal_mode = WAL")
+    """Switch the database to WAL so readers never block writers.
+
+    Raises:
+        StorageError: if SQLite keeps another journal mode (e.g. on a filesystem without
+            shared memory), naming the file.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            row = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            break
+        except sqlite3.OperationalError as exc:
+            # Another process converting the file at the same moment: SQLite reports it as
+            # locked without calling the busy handler, so wait here.
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+    mode = str(row[0]).lower() if row else "?"
+    if mode not in ("wal", "memory"):
+        path = database_file(conn)
+        raise StorageError(
+            f"database {path!r} could not be switched to WAL (journal mode stays {mode!r})",
+            path=path,
+        )
 
 
 @contextlib.contextmanager
@@ -162,13 +185,16 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     ``IMMEDIATE`` takes the write lock up front, so a transaction that reads before it writes
     cannot fail half-way with an unretryable lock upgrade.
     """
+    if conn.in_transaction:  # never inherit a transaction an earlier failure left open
+        conn.rollback()
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
+        conn.commit()  # inside the try: a COMMIT that fails (disk full, I/O) must roll back
     except BaseException:
-        conn.rollback()
+        if conn.in_transaction:
+            conn.rollback()
         raise
-    conn.commit()
 
 
 # --- schema and migrations ------------------------------------------------------------------

@@ -226,10 +226,13 @@ class RacingManager(SessionManager):
     """A manager whose cleanup is overtaken by a write after it has selected a batch."""
 
     hook: Callable[[], Awaitable[None]]
+    _wrapped: _WriteBeforeBegin | None = None
 
     async def _connection(self) -> aiosqlite.Connection:  # private hook of SessionManager
         db = await super()._connection()
-        return _WriteBeforeBegin(db, self.hook)  # type: ignore[return-value]
+        if self._wrapped is None:  # one wrapper: its hook fires before the first BEGIN only
+            self._wrapped = _WriteBeforeBegin(db, self.hook)
+        return self._wrapped  # type: ignore[return-value]
 
 
 async def test_session_written_after_selection_is_kept_whole(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import logging
@@ -544,3 +545,53 @@ async def test_timestamps_are_utc_whatever_the_local_zone(db_path: Path, clock: 
         time.tzset()
     assert stats.last_activity == clock.now.astimezone(UTC)
     assert stats.last_activity.utcoffset() == timedelta(0)
+
+
+async def test_concurrent_operations_on_one_manager_do_not_interleave(db_path: Path) -> None:
+    from agent_sessions import AgentSession as _Session
+
+    ids = []
+    for n in range(6):
+        with _Session("u", f"c{n}", db_path=db_path, max_messages=100) as session:
+            await session.add_items([{"role": "user", "content": str(i)} for i in range(10)])
+            ids.append(session.session_id)
+    async with SessionManager(db_path, max_messages=3, retention_days=7) as manager:
+        results = await asyncio.gather(
+            *(manager.prune_session_messages(i) for i in ids[:3]),
+            *(manager.clear_session(i) for i in ids[3:]),
+            manager.list_sessions(),
+            manager.cleanup_inactive_sessions(),
+            return_exceptions=True,
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert not errors, f"{len(errors)} of {len(results)} concurrent operations failed: {errors}"
+        assert results[:6] == [7, 7, 7, 10, 10, 10]
+
+
+async def test_cancelled_while_waiting_for_the_lock_leaves_no_transaction(db_path: Path) -> None:
+    from agent_sessions import AgentSession as _Session
+
+    with _Session("u", "c", db_path=db_path) as session:
+        await session.add_items([{"role": "user", "content": "x"}])
+        session_id = session.session_id
+    async with SessionManager(db_path, max_messages=3, retention_days=7) as manager:
+        await manager.get_session_count()  # opened
+        blocker = sqlite3.connect(db_path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        task = asyncio.create_task(manager.clear_session(session_id))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.sleep(0.05)
+        blocker.execute("COMMIT")
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # The manager's connection holds no write lock: another writer gets it at once.
+        probe = sqlite3.connect(db_path, isolation_level=None, timeout=0)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+        finally:
+            probe.close()
+            blocker.close()
+        assert await manager.get_session_count() in (0, 1)  # cleared or not, never half
+        assert await manager.list_sessions() is not None

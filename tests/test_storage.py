@@ -1,0 +1,54 @@
+"""The storage layer's transaction helper and schema set-up, on real SQLite files."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from agent_sessions import storage
+
+
+def test_failed_commit_rolls_back_and_leaves_no_transaction(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    try:
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+        conn.execute(
+            "CREATE TABLE child (parent_id INTEGER REFERENCES parent (id) "
+            "DEFERRABLE INITIALLY DEFERRED)"
+        )
+        # A deferred constraint fails at COMMIT, like a full disk or an I/O error can.
+        with pytest.raises(sqlite3.IntegrityError), storage.write_transaction(conn):
+            conn.execute("INSERT INTO child VALUES (42)")
+        assert not conn.in_transaction
+        assert conn.execute("SELECT COUNT(*) FROM child").fetchone() == (0,)
+        with storage.write_transaction(conn):  # the connection is usable again
+            conn.execute("INSERT INTO parent VALUES (1)")
+    finally:
+        conn.close()
+
+
+def test_write_transaction_does_not_inherit_an_open_transaction(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    try:
+        conn.execute("CREATE TABLE t (v INTEGER)")
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO t VALUES (1)")  # left behind by some earlier failure
+        with storage.write_transaction(conn):
+            conn.execute("INSERT INTO t VALUES (2)")
+        assert conn.execute("SELECT v FROM t").fetchall() == [(2,)]
+    finally:
+        conn.close()
+
+
+def test_connect_migrates_once_and_switches_to_wal(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    first = storage.connect(path)
+    try:
+        assert first.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert storage.schema_version(first) == storage.LATEST_VERSION
+        assert storage.migrate(first) == 0
+    finally:
+        first.close()
