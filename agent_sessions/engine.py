@@ -1,6 +1,6 @@
 """Connections for ``AgentSession``: one per database file and thread, used inline.
 
-Every session object on a file in a thread shares one ``sqlite3`` connection, opened,
+Every session object on a file shares one ``sqlite3`` connection per thread, opened,
 configured and migrated once, so opening a session per request costs a dictionary lookup.
 Statements run directly in the event loop's thread: a SQLite read or a WAL commit with
 ``synchronous=NORMAL`` takes microseconds, far less than a hop to a worker thread. What can
@@ -40,14 +40,18 @@ T = TypeVar("T")
 CHECKPOINT_EVERY = 500
 """Commits between two background checkpoints of the WAL."""
 
-IDLE_CONNECTIONS_KEPT = 8
-"""Connections kept open after their last session closed, so reopening is cheap."""
+MAX_CONNECTIONS = 64
+"""Connections kept open per thread (one per database file in use)."""
 
 _FIRST_RETRY_DELAY = 0.0002
 _MAX_RETRY_DELAY = 0.004
 
 
 _Key = tuple[str, int, int]  # (path, pid, thread id)
+
+
+class EngineClosed(Exception):
+    """The engine was closed while a call waited on it; look it up again."""
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
@@ -64,7 +68,7 @@ class Engine:
         self.path = path
         self.key = key
         self.memory = path == ":memory:"
-        self.users = 0
+        self.closed = False
         self._commits = 0
         self._checkpoint: asyncio.Future[None] | None = None
         with storage.translate_errors(path):
@@ -108,6 +112,8 @@ class Engine:
                     raise storage.translate_error(exc, self.path) from exc
             await asyncio.sleep(delay)
             delay = min(delay * 2, _MAX_RETRY_DELAY)
+            if self.closed:  # evicted while this call waited: the caller reopens and retries
+                raise EngineClosed(self.path)
 
     def _start_checkpoint(self) -> None:
         if self.memory or (self._checkpoint is not None and not self._checkpoint.done()):
@@ -117,6 +123,7 @@ class Engine:
 
     def close(self) -> None:
         """Close the connection (SQLite checkpoints the WAL if it is the last one)."""
+        self.closed = True
         with contextlib.suppress(sqlite3.Error):
             self.conn.close()
 
@@ -135,78 +142,78 @@ def _checkpoint(path: str) -> None:
 
 
 class _Registry:
-    """Engines by (file, thread); idle ones are kept in a small LRU, then closed."""
+    """Engines by (file, process, thread): ``MAX_CONNECTIONS`` per thread, LRU.
+
+    Sessions hold no connection: each call looks its engine up here for the thread it runs
+    in, so a session created in one thread and used in another never shares a connection
+    across threads, and an engine closed for space is simply reopened on the next call.
+    """
 
     def __init__(self) -> None:
-        # Reentrant: a session's __del__ may release its engine from inside acquire(), when
-        # the garbage collector runs during an allocation there.
-        self._lock = threading.RLock()
-        self._engines: dict[_Key, Engine] = {}
-        self._idle: OrderedDict[_Key, Engine] = OrderedDict()
+        self._lock = threading.Lock()
+        self._engines: OrderedDict[_Key, Engine] = OrderedDict()
 
-    def acquire(self, path: str) -> Engine:
-        """Return the engine for ``path`` in this thread, opening it on first use.
+    def get(self, path: str) -> Engine:
+        """The engine for ``path`` in this process and thread, opened on first use.
 
         Raises:
             StorageError: (a subclass) naming the path if it cannot be opened.
         """
-        if path == ":memory:":
-            private = Engine(path)  # like the SDK, every in-memory session is its own database
-            private.users = 1
-            return private
-        # The pid is part of the key: a connection must not be used across fork().
         key = (path, os.getpid(), threading.get_ident())
         with self._lock:
-            shared = self._engines.get(key)
-            if shared is not None:
-                self._idle.pop(key, None)
-                shared.users += 1
-                return shared
+            engine = self._engines.get(key)
+            if engine is not None:
+                self._engines.move_to_end(key)
+                return engine
         # Outside the lock: opening may wait on another process's migration.
         engine = Engine(storage.prepare_path(path), key)
-        with self._lock:
-            existing = self._engines.get(key)
-            if existing is not None:  # another session in this thread opened it meanwhile
-                engine.close()
-                engine = existing
-                self._idle.pop(key, None)
-            self._engines[key] = engine
-            engine.users += 1
-            return engine
-
-    def release(self, engine: Engine) -> None:
-        """Drop one user of ``engine``; unused engines are kept idle, a few at most."""
-        if engine.key is None:
-            engine.close()
-            return
         evicted: list[Engine] = []
         with self._lock:
-            engine.users -= 1
-            if engine.users > 0 or self._engines.get(engine.key) is not engine:
-                return
-            self._idle[engine.key] = engine
-            while len(self._idle) > IDLE_CONNECTIONS_KEPT:
-                _, old = self._idle.popitem(last=False)
-                if old.key is not None:
-                    del self._engines[old.key]
-                evicted.append(old)
+            existing = self._engines.get(key)
+            if existing is not None:  # opened meanwhile by a call in this thread
+                evicted.append(engine)
+                engine = existing
+            self._engines[key] = engine
+            evicted += self._evict(key[2])
         for old in evicted:
             old.close()
+        return engine
 
-    def close_idle(self) -> None:
+    def _evict(self, thread: int) -> list[Engine]:
+        # Only engines no other thread can be using right now are closed: this thread's
+        # least recently used beyond the limit, and those of threads that have ended.
+        alive = {t.ident for t in threading.enumerate()}
+        evicted = [self._engines.pop(key) for key in list(self._engines) if key[2] not in alive]
+        mine = [key for key in self._engines if key[2] == thread]
+        for key in mine[: max(0, len(mine) - MAX_CONNECTIONS)]:
+            evicted.append(self._engines.pop(key))
+        return evicted
+
+    def close_all(self) -> None:
+        """Close every engine this process opened."""
         with self._lock:
-            idle = list(self._idle.items())
-            self._idle.clear()
-            for key, _ in idle:
-                self._engines.pop(key, None)
-        for _, engine in idle:
-            engine.close()
+            engines = list(self._engines.values())
+            self._engines.clear()
+        pid = os.getpid()
+        for engine in engines:
+            if engine.key is None or engine.key[1] == pid:
+                engine.close()
+
+    def forget_after_fork(self) -> None:
+        # In a forked child the parent's connections must be neither used nor closed (closing
+        # one could checkpoint or unlock the parent's files): keep them referenced, unused.
+        _inherited.extend(self._engines.values())
+        self._engines = OrderedDict()
+        self._lock = threading.Lock()
 
 
+_inherited: list[Engine] = []
 registry = _Registry()
-atexit.register(registry.close_idle)
+atexit.register(registry.close_all)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=registry.forget_after_fork)
 
 
 def close_idle_connections() -> None:
-    """Close the connections kept open for reuse after their sessions closed."""
-    registry.close_idle()
+    """Close this process's cached connections; the next call on a session reopens one."""
+    registry.close_all()

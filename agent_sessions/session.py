@@ -6,9 +6,10 @@ import logging
 import os
 import sqlite3
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from agents import SQLiteSession
 from agents.items import TResponseInputItem
@@ -17,12 +18,14 @@ from agents.memory.session_settings import coerce_session_settings, resolve_sess
 
 from . import storage
 from .clock import Clock, now_timestamp, utc_now
-from .engine import Engine, registry
+from .engine import Engine, EngineClosed, registry
 from .errors import AgentSessionsError, SessionClosedError
 from .ids import get_session_id, normalize_identifier, positive_int
 from .settings import AgentSessionSettings, get_settings, resolve_setting
 
 logger = logging.getLogger("agent_sessions")
+
+T = TypeVar("T")
 
 
 class AgentSession(SQLiteSession):
@@ -93,7 +96,12 @@ class AgentSession(SQLiteSession):
         self._clock: Clock = clock or utc_now
         self._key = storage.SessionKey(session_id, user, conversation)
         self._closed = False
-        self._engine: Engine | None = registry.acquire(self.db_path)
+        # In-memory databases are private to the session (as in the SDK); files are shared
+        # through the registry, looked up per call by the calling thread. Opening here makes a
+        # bad path fail at construction, naming it.
+        self._memory = Engine(":memory:") if self.db_path == ":memory:" else None
+        if self._memory is None:
+            registry.get(str(self.db_path))
 
     # --- the Session protocol ---
 
@@ -102,9 +110,8 @@ class AgentSession(SQLiteSession):
 
         Rows that cannot be decoded as items are skipped and logged.
         """
-        engine = self._open_engine()
         session_limit = resolve_session_limit(limit, self.session_settings)
-        decoded = await engine.read(
+        decoded = await self._call(
             lambda conn: storage.read_items(conn, self.session_id, session_limit)
         )
         if decoded.corrupt_row_ids:
@@ -123,47 +130,57 @@ class AgentSession(SQLiteSession):
             InvalidItemError: if an item is not a JSON-serialisable dict; nothing is written.
             StorageError: (a subclass) if the database fails; nothing is written.
         """
-        engine = self._open_engine()
+        self._open_engine()
         if not items:
             return
         payloads = storage.encode_items(items)
         now = now_timestamp(self._clock)
-        pruned = await engine.write(
+        pruned = await self._call(
             lambda conn: storage.append_items(
                 conn, self._key, items, payloads, now, self.max_messages
-            )
+            ),
+            write=True,
         )
         if pruned:
             logger.debug("session %r: pruned %d item(s)", self.session_id, pruned)
 
     async def pop_item(self) -> TResponseInputItem | None:
         """Remove and return the newest item, or ``None`` if the session is empty."""
-        engine = self._open_engine()
         now = now_timestamp(self._clock)
-        item = await engine.write(lambda conn: storage.pop_newest(conn, self.session_id, now))
+        item = await self._call(
+            lambda conn: storage.pop_newest(conn, self.session_id, now), write=True
+        )
         return item  # type: ignore[return-value]
 
     async def clear_session(self) -> None:
         """Delete every item of this session and its session row."""
-        engine = self._open_engine()
-        await engine.write(lambda conn: storage.delete_session(conn, self.session_id))
+        await self._call(lambda conn: storage.delete_session(conn, self.session_id), write=True)
 
     def close(self) -> None:
-        """Release the connection; the session cannot be used afterwards. Idempotent."""
-        self._closed = True
-        engine, self._engine = self._engine, None
-        if engine is not None:
-            registry.release(engine)
+        """Mark the session closed; it cannot be used afterwards. Idempotent.
 
-    def __del__(self) -> None:
-        # A session dropped without close() must not pin its connection forever.
-        if getattr(self, "_engine", None) is not None:
-            self.close()
+        File connections are shared by every session on the file and stay open for the next
+        one (see ``agent_sessions.engine``); an in-memory database is discarded.
+        """
+        self._closed = True
+        memory, self._memory = self._memory, None
+        if memory is not None:
+            memory.close()
+
+    async def _call(
+        self, operation: Callable[[sqlite3.Connection], T], *, write: bool = False
+    ) -> T:
+        while True:
+            engine = self._open_engine()
+            try:
+                return await (engine.write(operation) if write else engine.read(operation))
+            except EngineClosed:
+                continue
 
     def _open_engine(self) -> Engine:
-        if self._closed or self._engine is None:
+        if self._closed:
             raise SessionClosedError(f"session {self.session_id!r} is closed")
-        return self._engine
+        return self._memory if self._memory is not None else registry.get(str(self.db_path))
 
     # --- SQLiteSession internals that must not be reached on this class ---
 

@@ -295,7 +295,7 @@ async def test_rows_that_parse_only_when_joined_are_still_corrupt(db_path: Path)
         with sqlite3.connect(db_path) as conn:
             conn.executemany(
                 "INSERT INTO agent_messages (session_id, message_data) VALUES (?, ?)",
-                [(session.session_id, '{"a": [1'), (session.session_id, '2]}')],
+                [(session.session_id, '{"a": [1'), (session.session_id, "2]}")],
             )
         conn.close()
         await session.add_items([assistant("after")])
@@ -318,3 +318,55 @@ async def test_items_nested_deeper_than_can_be_read_back_are_refused(db_path: Pa
         with pytest.raises(InvalidItemError, match="deeper than"):
             await session.add_items([nested(MAX_ITEM_DEPTH + 1)])
         assert await session.get_items() == [deepest]
+
+
+def test_sessions_created_in_one_thread_work_from_others(db_path: Path) -> None:
+    import threading
+
+    sessions = [AgentSession(f"u{n}", "c", db_path=db_path, max_messages=1000) for n in range(2)]
+    errors: list[BaseException] = []
+
+    def use(session: AgentSession) -> None:
+        async def write() -> None:
+            for n in range(300):
+                await session.add_items([user(f"{session.user_id}-{n}")])
+
+        try:
+            asyncio.run(write())
+        except BaseException as exc:  # reported below with the count
+            errors.append(exc)
+
+    threads = [threading.Thread(target=use, args=(s,)) for s in sessions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    try:
+        assert not errors, f"{len(errors)} thread(s) failed: {errors[:2]}"
+        for session in sessions:
+            stored = asyncio.run(session.get_items())
+            assert len(stored) == 300, f"{session.user_id}: {len(stored)} of 300 items stored"
+    finally:
+        for session in sessions:
+            session.close()
+
+
+def test_a_forked_child_does_not_reuse_the_parents_connection(db_path: Path) -> None:
+    import multiprocessing
+
+    with AgentSession("u", "c", db_path=db_path, max_messages=1000) as session:
+        asyncio.run(session.add_items([user("parent-1")]))
+
+        def child() -> None:
+            asyncio.run(session.add_items([user("child")]))
+
+        process = multiprocessing.get_context("fork").Process(target=child)
+        process.start()
+        process.join(timeout=60)
+        assert process.exitcode == 0
+        asyncio.run(session.add_items([user("parent-2")]))
+        contents = [item["content"] for item in asyncio.run(session.get_items())]
+    assert contents == ["parent-1", "child", "parent-2"]
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    conn.close()
