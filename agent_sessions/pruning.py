@@ -11,6 +11,11 @@ The rule, for a history longer than ``max_items``:
 3. else (no user message at all) keep the longest suffix of length <= ``max_items`` that is
    *safe* to start at (see ``is_safe_start``);
 4. else keep everything: pruning never empties a session and never breaks it.
+
+In rules 1 and 2 a user message is passed over if starting there would keep a tool output
+whose call it cuts away. That only happens when an approval was answered after the user
+had moved on (a user message between a call and its output); without it the kept history
+would hold an output the model rejects.
 """
 
 from __future__ import annotations
@@ -41,27 +46,24 @@ def pairing(item: Item | None) -> tuple[bool, str] | None:
         return None
     kind = item.get("type")
     if kind == _APPROVAL_REQUEST:
-        return True, f"approval:{item.get('id')}"
+        request = item.get("id")
+        return None if request is None else (True, f"approval:{request}")
     if kind == _APPROVAL_RESPONSE:
-        return False, f"approval:{item.get('approval_request_id')}"
+        request = item.get("approval_request_id")
+        return None if request is None else (False, f"approval:{request}")
     call_id = item.get("call_id")
     if isinstance(kind, str) and kind.endswith("_output"):
-        # local_shell_call_output names its call by ``id``; the others by ``call_id``.
-        return False, f"call:{call_id if call_id is not None else item.get('id')}"
+        # local_shell_call_output names its call by ``id``; the others by ``call_id``. An
+        # output with neither (e.g. a hosted tool's, executed server-side) pairs with nothing.
+        if call_id is None and kind == "local_shell_call_output":
+            call_id = item.get("id")
+        return None if call_id is None else (False, f"call:{call_id}")
     if call_id is not None:
         return True, f"call:{call_id}"
     return None
 
 
-def _unsafe_starts(items: Sequence[Item | None]) -> list[bool]:
-    """For each index, whether a suffix starting there would break a pair or a reasoning item."""
-    n = len(items)
-    unsafe = [False] * n
-
-    def forbid(first: int, last: int) -> None:
-        for start in range(max(first, 0), min(last, n - 1) + 1):
-            unsafe[start] = True
-
+def _pairs(items: Sequence[Item | None]) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
     calls: dict[str, list[int]] = {}
     outputs: dict[str, list[int]] = {}
     for index, item in enumerate(items):
@@ -69,22 +71,44 @@ def _unsafe_starts(items: Sequence[Item | None]) -> list[bool]:
         if half is not None:
             is_call, key = half
             (calls if is_call else outputs).setdefault(key, []).append(index)
+    return calls, outputs
+
+
+def _orphaning_starts(items: Sequence[Item | None]) -> list[bool]:
+    """For each index, whether a suffix starting there keeps an output but cuts its call."""
+    orphaning = [False] * len(items)
+    calls, outputs = _pairs(items)
     for key, positions in outputs.items():
         for output_at in positions:
-            # The output needs its call inside the suffix: a start after the latest earlier
-            # call (or anywhere, if there is none) would keep the output alone.
             earlier = [call_at for call_at in calls.get(key, ()) if call_at < output_at]
-            forbid(max(earlier) + 1 if earlier else 0, output_at)
+            if earlier:
+                for start in range(max(earlier) + 1, output_at + 1):
+                    orphaning[start] = True
+    return orphaning
+
+
+def _unsafe_starts(items: Sequence[Item | None]) -> list[bool]:
+    """For each index, whether a suffix starting there would break a pair or a reasoning item."""
+    n = len(items)
+    unsafe = _orphaning_starts(items)
+    calls, outputs = _pairs(items)
+    for key, positions in outputs.items():
+        for output_at in positions:
+            if not any(call_at < output_at for call_at in calls.get(key, ())):
+                # Already without its call: any suffix that still holds it is invalid.
+                for start in range(output_at + 1):
+                    unsafe[start] = True
     for key, positions in calls.items():
         for call_at in positions:
             if not any(output_at > call_at for output_at in outputs.get(key, ())):
                 # Its output has not arrived: dropping the call would orphan it later.
-                forbid(call_at + 1, n - 1)
+                for start in range(call_at + 1, n):
+                    unsafe[start] = True
     for index, item in enumerate(items):
         if item is None:
             unsafe[index] = True
-        elif item.get("type") == "reasoning":
-            forbid(index + 1, index + 1)
+        elif item.get("type") == "reasoning" and index + 1 < n:
+            unsafe[index + 1] = True
     return unsafe
 
 
@@ -119,14 +143,6 @@ def outputs_needing_stored_calls(batch: Sequence[Item]) -> dict[str, list[int]]:
     return needing
 
 
-def first_user_message(items: Sequence[Item | None], start: int = 0) -> int | None:
-    """Index of the first user message at or after ``start``, or ``None``."""
-    for index in range(start, len(items)):
-        if is_user_message(items[index]):
-            return index
-    return None
-
-
 def cut_index(items: Sequence[Item | None], max_items: int) -> int:
     """Index of the first item to keep when bounding ``items`` to ``max_items``.
 
@@ -138,14 +154,33 @@ def cut_index(items: Sequence[Item | None], max_items: int) -> int:
     if n <= max_items:
         return 0
     lowest = n - max_items
-    start = first_user_message(items, lowest)
-    if start is not None:
-        return start
+    orphaning = _orphaning_starts(items)
+    for index in range(lowest, n):
+        if is_user_message(items[index]) and not orphaning[index]:
+            return index
     for index in range(lowest - 1, -1, -1):
-        if is_user_message(items[index]):
+        if is_user_message(items[index]) and not orphaning[index]:
             return index
     unsafe = _unsafe_starts(items)
     for index in range(lowest, n):
         if not unsafe[index]:
             return index
     return 0
+
+
+def late_call_index(items: Sequence[Item | None]) -> int | None:
+    """Index of the oldest call answered only after a later user message, or ``None``.
+
+    While such a pair is stored, the cut must be chosen with ``cut_index`` on the whole
+    history; otherwise the first user message in the window is always a valid cut.
+    """
+    calls, outputs = _pairs(items)
+    late: int | None = None
+    for key, positions in outputs.items():
+        for output_at in positions:
+            earlier = [call_at for call_at in calls.get(key, ()) if call_at < output_at]
+            if earlier and any(
+                is_user_message(items[index]) for index in range(max(earlier) + 1, output_at)
+            ):
+                late = max(earlier) if late is None else min(late, max(earlier))
+    return late

@@ -32,7 +32,14 @@ from .errors import (
     StorageUnavailableError,
 )
 from .ids import parse_session_id
-from .pruning import Item, cut_index, is_user_message, outputs_needing_stored_calls, pairing
+from .pruning import (
+    Item,
+    cut_index,
+    is_user_message,
+    late_call_index,
+    outputs_needing_stored_calls,
+    pairing,
+)
 
 logger = logging.getLogger("agent_sessions")
 
@@ -310,8 +317,16 @@ def _adopt_sdk_tables(conn: sqlite3.Connection) -> None:
     )
 
 
+def _add_late_call_row(conn: sqlite3.Connection) -> None:
+    # Row id of the oldest stored call whose output arrived after a later user message, or
+    # NULL: while set, prune() must choose its cut on the whole history (see prune()).
+    if "late_call_row" not in _columns(conn, SESSIONS_TABLE):
+        conn.execute(f"ALTER TABLE {SESSIONS_TABLE} ADD COLUMN late_call_row INTEGER")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "adopt the SDK tables; add owner and activity columns", _adopt_sdk_tables),
+    Migration(2, "remember calls answered after a later user message", _add_late_call_row),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
@@ -502,7 +517,15 @@ SELECT_ROWS_FROM_OFFSET = (
     f"SELECT id, message_data FROM {MESSAGES_TABLE} WHERE session_id = ? "
     "ORDER BY id LIMIT -1 OFFSET ?"
 )
-COUNT_ROWS = f"SELECT COUNT(*) FROM {MESSAGES_TABLE} WHERE session_id = ?"
+PRUNE_STATE = (
+    f"SELECT (SELECT COUNT(*) FROM {MESSAGES_TABLE} WHERE session_id = ?), "
+    f"(SELECT late_call_row FROM {SESSIONS_TABLE} WHERE session_id = ?)"
+)
+SET_LATE_CALL_ROW = f"UPDATE {SESSIONS_TABLE} SET late_call_row = ? WHERE session_id = ?"
+NOTE_LATE_CALL_ROW = (
+    f"UPDATE {SESSIONS_TABLE} SET late_call_row = min(coalesce(late_call_row, ?), ?) "
+    "WHERE session_id = ?"
+)
 DELETE_ROWS_BEFORE = f"DELETE FROM {MESSAGES_TABLE} WHERE session_id = ? AND id < ?"
 DELETE_ROW = f"DELETE FROM {MESSAGES_TABLE} WHERE id = ?"
 DELETE_SESSION_ROWS = f"DELETE FROM {MESSAGES_TABLE} WHERE session_id = ?"
@@ -556,29 +579,37 @@ def prune(conn: sqlite3.Connection, session_id: str, max_items: int) -> int:
     """Delete the oldest items of a session down to ``max_items`` by the pruning rule.
 
     Runs inside the caller's transaction. Usually it decodes only a few rows: the first user
-    message in the newest ``max_items`` rows is the cut. Only when there is none does it
-    decode the whole session and apply ``pruning.cut_index``.
+    message in the newest ``max_items`` rows is the cut. The whole session is decoded and
+    ``pruning.cut_index`` applied only when there is no such message, or while the session
+    holds a call answered after a later user message (``late_call_row``), where a user
+    message may not be a valid cut.
 
     Returns:
         The number of rows deleted.
     """
-    (count,) = conn.execute(COUNT_ROWS, (session_id,)).fetchone()
+    count, late_call_row = conn.execute(PRUNE_STATE, (session_id, session_id)).fetchone()
     if count <= max_items:
         return 0
     cut_row_id: int | None = None
-    window = conn.execute(SELECT_ROWS_FROM_OFFSET, (session_id, count - max_items))
-    try:
-        for row_id, data in window:  # stepped lazily: usually only a few rows are read
-            if is_user_message(decode_item(data)):
-                cut_row_id = row_id
-                break
-    finally:
-        window.close()
-    if cut_row_id is None:
-        cut_row_id = plan_cut(conn.execute(SELECT_ALL_ROWS, (session_id,)).fetchall(), max_items)
-    if cut_row_id is None:
+    if late_call_row is None:
+        window = conn.execute(SELECT_ROWS_FROM_OFFSET, (session_id, count - max_items))
+        try:
+            for row_id, data in window:  # stepped lazily: usually only a few rows are read
+                if is_user_message(decode_item(data)):
+                    cut_row_id = row_id
+                    break
+        finally:
+            window.close()
+        if cut_row_id is not None:
+            return int(conn.execute(DELETE_ROWS_BEFORE, (session_id, cut_row_id)).rowcount)
+    rows = conn.execute(SELECT_ALL_ROWS, (session_id,)).fetchall()
+    items = [decode_item(data) for _, data in rows]
+    cut = cut_index(items, max_items)
+    late = late_call_index(items[cut:])
+    conn.execute(SET_LATE_CALL_ROW, (None if late is None else rows[cut + late][0], session_id))
+    if cut == 0:
         return 0
-    return conn.execute(DELETE_ROWS_BEFORE, (session_id, cut_row_id)).rowcount
+    return int(conn.execute(DELETE_ROWS_BEFORE, (session_id, rows[cut][0])).rowcount)
 
 
 def plan_cut(rows: Sequence[tuple[int, object]], max_items: int) -> int | None:
@@ -609,7 +640,8 @@ def append_items(
     rows = list(zip(items, payloads, strict=True))
     needing = outputs_needing_stored_calls(items)
     if needing:
-        orphans = _find_missing_calls(conn, key.session_id, set(needing))
+        found = _find_stored_calls(conn, key.session_id, set(needing))
+        orphans = set(needing) - set(found.call_rows)
         if orphans:
             dropped = {position for call_key in orphans for position in needing[call_key]}
             logger.warning(
@@ -620,24 +652,43 @@ def append_items(
                 ", ".join(sorted(orphans)),
             )
             rows = [row for position, row in enumerate(rows) if position not in dropped]
+        if found.late_call_row is not None:
+            conn.execute(
+                NOTE_LATE_CALL_ROW, (found.late_call_row, found.late_call_row, key.session_id)
+            )
     conn.executemany(INSERT_ROW, [(key.session_id, payload) for _, payload in rows])
     return prune(conn, key.session_id, max_items)
 
 
-def _find_missing_calls(conn: sqlite3.Connection, session_id: str, keys: set[str]) -> set[str]:
-    """Which of the pairing ``keys`` have no stored call in the session (newest rows first)."""
-    missing = set(keys)
+@dataclass(frozen=True)
+class _StoredCalls:
+    call_rows: dict[str, int]
+    """Row id of the newest stored call for each key found."""
+    late_call_row: int | None
+    """The oldest of those calls that has a user message after it, if any."""
+
+
+def _find_stored_calls(conn: sqlite3.Connection, session_id: str, keys: set[str]) -> _StoredCalls:
+    """Look up the stored calls of ``keys``, newest rows first, stopping once all are found."""
+    found: dict[str, int] = {}
+    late: int | None = None
+    user_after = False
     cursor = conn.execute(SELECT_NEWEST_ROWS, (session_id, -1))
     try:
-        for _, data in cursor:
-            half = pairing(decode_item(data))
-            if half is not None and half[0]:
-                missing.discard(half[1])
-                if not missing:
+        for row_id, data in cursor:
+            item = decode_item(data)
+            if is_user_message(item):
+                user_after = True
+            half = pairing(item)
+            if half is not None and half[0] and half[1] in keys and half[1] not in found:
+                found[half[1]] = row_id
+                if user_after:
+                    late = row_id if late is None else min(late, row_id)
+                if len(found) == len(keys):
                     break
     finally:
         cursor.close()
-    return missing
+    return _StoredCalls(found, late)
 
 
 def pop_newest(conn: sqlite3.Connection, session_id: str, now: float) -> Item | None:

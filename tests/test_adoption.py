@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from agent_sessions import AgentSession, SessionManager, StorageError
+from agent_sessions import AgentSession, SessionManager, StorageError, storage
 from tests.conftest import FakeClock
 
 LEGACY_IDS = ("user_42_conv_abc", "user_a_conv_b_conv_c", "legacy-free-form-id")
@@ -181,7 +181,7 @@ async def test_schema_version_is_recorded_and_user_version_untouched(legacy_db: 
     async with SessionManager(legacy_db, max_messages=100, retention_days=7) as manager:
         await manager.get_session_count()
     versions = query(legacy_db, "SELECT version FROM agent_sessions_schema")
-    assert versions == [(1,)], versions
+    assert versions == [(m.version,) for m in storage.MIGRATIONS], versions
     assert query(legacy_db, "PRAGMA user_version") == [(77,)]
 
 
@@ -242,7 +242,6 @@ async def test_plain_sqlite_session_still_reads_and_writes(legacy_db: Path) -> N
 
 def _adopt_worker(path: str, index: int, barrier: Any, applied: Any, results: Any) -> None:
     """Open the legacy file in a fresh process, counting migrations that actually ran."""
-    from agent_sessions import storage
 
     def counted(migration: storage.Migration) -> storage.Migration:
         def apply(conn: sqlite3.Connection) -> None:
@@ -288,8 +287,11 @@ def test_four_processes_adopt_the_file_exactly_once(legacy_db: Path) -> None:
             process.join(timeout=60)
     assert [process.exitcode for process in processes] == [0, 0, 0, 0]
     assert outcome == [(index, 4, None) for index in range(4)], outcome
-    assert applied.value == 1, f"migration applied {applied.value} times"
-    assert query(legacy_db, "SELECT version FROM agent_sessions_schema") == [(1,)]
+    migrations = len(storage.MIGRATIONS)
+    assert applied.value == migrations, f"{applied.value} migrations ran, not {migrations}"
+    assert query(legacy_db, "SELECT version FROM agent_sessions_schema") == [
+        (m.version,) for m in storage.MIGRATIONS
+    ]
     assert query(legacy_db, "PRAGMA user_version") == [(77,)]
     columns = [row[1] for row in query(legacy_db, "PRAGMA table_info(agent_sessions)")]
     assert sorted(columns) == sorted(
@@ -301,6 +303,7 @@ def test_four_processes_adopt_the_file_exactly_once(legacy_db: Path) -> None:
             "conversation_id",
             "created_ts",
             "last_activity_ts",
+            "late_call_row",
         ]
     ), columns
 
@@ -310,14 +313,15 @@ async def test_newer_schema_version_is_refused(legacy_db: Path) -> None:
         await manager.open()
     execute(
         legacy_db,
-        "INSERT INTO agent_sessions_schema (version, description) VALUES (2, 'from the future')",
+        "INSERT INTO agent_sessions_schema (version, description) "
+        f"VALUES ({storage.LATEST_VERSION + 1}, 'from the future')",
     )
     before = snapshot(legacy_db)
     with pytest.raises(StorageError, match="newer"):
         AgentSession("42", "abc", db_path=legacy_db)
     manager = SessionManager(legacy_db, max_messages=100, retention_days=7)
     try:
-        with pytest.raises(StorageError, match="version 2"):
+        with pytest.raises(StorageError, match=f"version {storage.LATEST_VERSION + 1}"):
             await manager.get_session_count()
     finally:
         await manager.close()
@@ -327,7 +331,11 @@ async def test_newer_schema_version_is_refused(legacy_db: Path) -> None:
 async def test_newer_schema_version_error_names_the_database(legacy_db: Path) -> None:
     async with SessionManager(legacy_db, max_messages=100, retention_days=7) as manager:
         await manager.open()
-    execute(legacy_db, "INSERT INTO agent_sessions_schema (version, description) VALUES (2, 'x')")
+    execute(
+        legacy_db,
+        "INSERT INTO agent_sessions_schema (version, description) "
+        f"VALUES ({storage.LATEST_VERSION + 1}, 'x')",
+    )
     with pytest.raises(StorageError) as info:
         AgentSession("42", "abc", db_path=legacy_db)
     assert info.value.path == str(legacy_db), info.value.path

@@ -525,6 +525,8 @@ async def test_approvals_interrupt_and_resume_while_pruning(db_path: Path, mode:
     [
         100,  # control: nothing is pruned, and the late approval leaves a valid history
         4,  # the parked call is pruned away before the approval: its output is not stored
+        6,  # the call is still stored when the output arrives; later cuts must keep them
+        7,  # together (found by review: a user-message cut used to orphan the output)
     ],
 )
 async def test_late_approval_after_the_conversation_moved_on(

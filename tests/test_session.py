@@ -370,3 +370,36 @@ def test_a_forked_child_does_not_reuse_the_parents_connection(db_path: Path) -> 
     with sqlite3.connect(db_path) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     conn.close()
+
+
+async def test_a_late_answered_call_is_never_cut_from_its_output(db_path: Path) -> None:
+    call = {"type": "function_call", "call_id": "late", "name": "t", "arguments": "{}"}
+    output = {"type": "function_call_output", "call_id": "late", "output": "done"}
+
+    def late_call_row() -> object:
+        with sqlite3.connect(db_path) as conn:
+            row = conn.execute("SELECT late_call_row FROM agent_sessions").fetchone()
+        conn.close()
+        return row[0]
+
+    with AgentSession("u", "c", db_path=db_path, max_messages=6) as session:
+        await session.add_items([user("q0"), call])  # parked for approval
+        for turn in (1, 2):  # the user moves on
+            await session.add_items([user(f"q{turn}"), assistant(f"a{turn}")])
+        await session.add_items([output, assistant("a0")])  # approved late
+        stored = await session.get_items()
+        # Cutting at q1 or q2 would keep the output without its call: nothing is cut yet.
+        assert stored == [
+            user("q0"),
+            call,
+            user("q1"),
+            assistant("a1"),
+            user("q2"),
+            assistant("a2"),
+            output,
+            assistant("a0"),
+        ]
+        assert late_call_row() is not None
+        await session.add_items([user("q3"), assistant("a3")])
+        assert await session.get_items() == [user("q3"), assistant("a3")]
+        assert late_call_row() is None  # the pair is gone: the fast path is back
