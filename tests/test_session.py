@@ -295,7 +295,11 @@ async def test_rows_that_parse_only_when_joined_are_still_corrupt(db_path: Path)
         with sqlite3.connect(db_path) as conn:
             conn.executemany(
                 "INSERT INTO agent_messages (session_id, message_data) VALUES (?, ?)",
-                [(session.session_id, '{"a": [1'), (session.session_id, "2]}")],
+                [
+                    (session.session_id, text)
+                    # each is invalid alone; joined with commas they would parse as items
+                    for text in ('{"a": [1', "2]}", '{"a":"}', '{","c":1}', '{"d":1},{"e":2}')
+                ],
             )
         conn.close()
         await session.add_items([assistant("after")])
