@@ -20,7 +20,7 @@ from . import storage
 from .clock import Clock, now_timestamp, utc_now
 from .engine import Engine, EngineClosed, registry
 from .errors import AgentSessionsError, SessionClosedError
-from .ids import get_session_id, normalize_identifier, positive_int
+from .ids import get_session_id, normalize_identifier, parse_session_id, positive_int
 from .settings import AgentSessionSettings, get_settings, resolve_setting
 
 logger = logging.getLogger("agent_sessions")
@@ -101,7 +101,25 @@ class AgentSession(SQLiteSession):
         # bad path fail at construction, naming it.
         self._memory = Engine(":memory:") if self.db_path == ":memory:" else None
         if self._memory is None:
-            registry.get(str(self.db_path))
+            self._adopt_legacy_id(registry.get(str(self.db_path)))
+
+    def _adopt_legacy_id(self, engine: Engine) -> None:
+        # Apps that built ids by hand as f"user_{u}_conv_{c}" wrote them unencoded. Where that
+        # differs from ours (ids with "_", "|", spaces...) and only the hand-built one is
+        # stored, keep using it, so the conversation's history is not left behind. Ambiguous
+        # hand-built ids (parse_session_id gives another pair) are never taken over.
+        legacy = f"user_{self.user_id}_conv_{self.conversation_id}"
+        if legacy == self.session_id or parse_session_id(legacy) != (
+            self.user_id,
+            self.conversation_id,
+        ):
+            return
+        with storage.translate_errors(self.db_path):
+            if storage.session_exists(engine.conn, legacy) and not storage.session_exists(
+                engine.conn, self.session_id
+            ):
+                self.session_id = legacy
+                self._key = storage.SessionKey(legacy, self.user_id, self.conversation_id)
 
     # --- the Session protocol ---
 

@@ -688,6 +688,14 @@ def _find_stored_calls(conn: sqlite3.Connection, session_id: str, keys: set[str]
     return _StoredCalls(found, late)
 
 
+SELECT_EXISTING_SESSION = f"SELECT 1 FROM {SESSIONS_TABLE} WHERE session_id = ?"
+
+
+def session_exists(conn: sqlite3.Connection, session_id: str) -> bool:
+    """Whether a session row with this id is stored."""
+    return conn.execute(SELECT_EXISTING_SESSION, (session_id,)).fetchone() is not None
+
+
 def pop_newest(conn: sqlite3.Connection, session_id: str, now: float) -> Item | None:
     """Delete and return the newest decodable item; corrupt rows are skipped, not deleted."""
     window = 1

@@ -340,3 +340,21 @@ async def test_newer_schema_version_error_names_the_database(legacy_db: Path) ->
         AgentSession("42", "abc", db_path=legacy_db)
     assert info.value.path == str(legacy_db), info.value.path
     assert str(legacy_db) in str(info.value), str(info.value)
+
+
+async def test_hand_built_ids_with_underscores_keep_their_history(tmp_path: Path) -> None:
+    from agents import SQLiteSession
+
+    path = tmp_path / "legacy.db"
+    legacy = SQLiteSession("user_ada_lovelace_conv_trip-1", path)
+    await legacy.add_items([{"role": "user", "content": "remember me"}])
+    legacy.close()
+    with AgentSession("ada_lovelace", "trip-1", db_path=path) as session:
+        assert session.session_id == "user_ada_lovelace_conv_trip-1"
+        assert await session.get_items() == [{"role": "user", "content": "remember me"}]
+        await session.add_items([{"role": "user", "content": "still here"}])
+    with AgentSession("ada_lovelace", "trip-2", db_path=path) as fresh:
+        assert fresh.session_id == "user_ada%5Flovelace_conv_trip-2"  # new ones are encoded
+    async with SessionManager(path, max_messages=100, retention_days=7) as manager:
+        listed = [s.session_id for s in await manager.list_sessions("ada_lovelace")]
+    assert listed == ["user_ada_lovelace_conv_trip-1"]
