@@ -302,7 +302,10 @@ async def _run(settings: AgentSessionSettings, args: argparse.Namespace, out: Te
         await run_daemon(settings)
         return EXIT_OK
     max_messages = getattr(args, "max_messages", None)
-    async with SessionManager(settings=settings, max_messages=max_messages) as manager:
+    # A mistyped --db must not create a database (and its folders) as a side effect.
+    async with SessionManager(
+        settings=settings, max_messages=max_messages, create=False
+    ) as manager:
         return await _COMMANDS[args.command](manager, args, out)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from agent_sessions import AgentSession
+from agent_sessions import AgentSession, storage
 from agent_sessions.cli import main
 from agent_sessions.clock import utc_now
 from agent_sessions.settings import get_settings
@@ -191,6 +191,7 @@ def test_list_by_user_paged_and_json(populated: Path) -> None:
 
 
 def test_list_empty_database(db_path: Path) -> None:
+    storage.connect(db_path).close()  # an empty database (the CLI does not create one)
     assert run("--db", db_path, "list") == (0, "no sessions\n")
     code, output = run("--db", db_path, "list", "--json")
     assert code == 0
@@ -521,3 +522,15 @@ def test_daemon_starts_and_stops_on_sigterm(db_path: Path, tmp_path: Path) -> No
     assert process.stdout.read() == ""
     process.stdout.close()
     process.stderr.close()  # type: ignore[union-attr]
+
+
+def test_a_missing_database_is_reported_not_created(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "typo" / "sessions.db"
+    for command in (["stats"], ["list"], ["show", "x"], ["cleanup"], ["prune", "--all"]):
+        assert main(["--db", str(missing), *command], out=io.StringIO()) == 1, command
+        err = capsys.readouterr().err
+        assert "no database at" in err, (command, err)
+        assert "typo" in err
+    assert not missing.parent.exists(), "the CLI created folders for a database it did not find"
