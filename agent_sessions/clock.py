@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from .errors import InvalidArgumentError
+
 Clock = Callable[[], datetime]
 """A callable returning the current time as an aware datetime (converted to UTC)."""
 
@@ -15,9 +17,13 @@ def utc_now() -> datetime:
 
 
 def to_timestamp(moment: datetime) -> float:
-    """Convert an aware datetime to POSIX seconds, the one format stored by this library."""
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError(f"clock returned a naive datetime: {moment!r}; return an aware one")
+    """Convert an aware datetime to POSIX seconds, the one format stored by this library.
+
+    Raises:
+        InvalidArgumentError: if ``moment`` is not an aware datetime.
+    """
+    if not isinstance(moment, datetime) or moment.tzinfo is None or moment.utcoffset() is None:
+        raise InvalidArgumentError(f"the clock must return an aware datetime, got {moment!r}")
     return moment.timestamp()
 
 

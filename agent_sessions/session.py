@@ -144,6 +144,9 @@ class AgentSession(SQLiteSession):
     async def add_items(self, items: list[TResponseInputItem]) -> None:
         """Append items, then prune to ``max_messages``, in one transaction.
 
+        A tool output whose call is no longer stored (an approval answered after pruning
+        removed the waiting call) is left out with a warning: the model would reject it.
+
         Raises:
             InvalidItemError: if an item is not a JSON-serialisable dict; nothing is written.
             StorageError: (a subclass) if the database fails; nothing is written.

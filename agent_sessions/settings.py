@@ -48,10 +48,11 @@ class AgentSessionSettings(BaseSettings):
     cleanup_minute: int = Field(default=0, ge=0, le=59, description="Minute of the daily cleanup.")
     timezone: str = Field(default="UTC", description="IANA time zone of the cleanup schedule.")
 
-    @field_validator("db_path")
+    @field_validator("db_path", mode="before")
     @classmethod
-    def _db_path_not_blank(cls, value: Path) -> Path:
-        if not str(value).strip():
+    def _db_path_not_blank(cls, value: object) -> object:
+        # Checked before conversion: Path("") is Path("."), the working directory.
+        if isinstance(value, str) and not value.strip():
             raise ValueError("db_path must not be empty")
         return value
 

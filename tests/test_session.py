@@ -407,3 +407,12 @@ async def test_a_late_answered_call_is_never_cut_from_its_output(db_path: Path) 
         await session.add_items([user("q3"), assistant("a3")])
         assert await session.get_items() == [user("q3"), assistant("a3")]
         assert late_call_row() is None  # the pair is gone: the fast path is back
+
+
+async def test_a_clock_returning_a_naive_datetime_is_a_clear_error(db_path: Path) -> None:
+    from datetime import datetime
+
+    with AgentSession("u", "c", db_path=db_path, clock=lambda: datetime(2026, 1, 1)) as session:
+        with pytest.raises(InvalidArgumentError, match="aware datetime"):
+            await session.add_items([user("x")])
+        assert await session.get_items() == []

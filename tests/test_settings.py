@@ -48,6 +48,7 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
         ("AGENT_SESSION_CLEANUP_MINUTE", "60"),
         ("AGENT_SESSION_TIMEZONE", "Mars/Olympus"),
         ("AGENT_SESSION_DB_PATH", " "),
+        ("AGENT_SESSION_DB_PATH", ""),
     ],
 )
 def test_bad_values_fail_naming_the_variable(
