@@ -75,9 +75,9 @@ class Engine:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             try:
                 storage.configure_connection(conn)  # long busy timeout for the set-up
+                storage.migrate(conn)  # first: a file we refuse is left as it was, not WAL
                 if not self.memory:
                     storage.enable_wal(conn)
-                storage.migrate(conn)
                 conn.execute("PRAGMA busy_timeout = 0")
                 if not self.memory:
                     conn.execute(storage.DISABLE_AUTOCHECKPOINT)

@@ -78,7 +78,9 @@ def translate_error(exc: sqlite3.Error, path: str | Path) -> StorageError:
             f"{where} stayed locked by other writers for over {BUSY_TIMEOUT_MS // 1000} s: {text}",
             path=str(path),
         )
-    if primary in _CORRUPT_CODES or "not a database" in text or "malformed" in text:
+    if primary in _CORRUPT_CODES or any(
+        sign in text for sign in ("not a database", "malformed", "unsupported file format")
+    ):
         return CorruptDatabaseError(
             f"{where} is not a usable SQLite database: {text}", path=str(path)
         )
@@ -150,8 +152,8 @@ def connect(db_path: str | Path) -> sqlite3.Connection:
         conn = sqlite3.connect(text, check_same_thread=False)
         try:
             configure_connection(conn)
+            migrate(conn)  # first: a file we refuse is left exactly as it was, not WAL
             enable_wal(conn)
-            migrate(conn)
         except BaseException:
             conn.close()
             raise
@@ -220,7 +222,28 @@ def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
     return {row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')}
 
 
+_REQUIRED_COLUMNS = {
+    SESSIONS_TABLE: {"session_id", "created_at", "updated_at"},
+    MESSAGES_TABLE: {"id", "session_id", "message_data", "created_at"},
+}
+
+
+def _check_existing_tables(conn: sqlite3.Connection) -> None:
+    # The file may belong to an app with tables of the same names: refuse before changing
+    # anything, rather than fail half-way with SQLite's "no such column".
+    for table, required in _REQUIRED_COLUMNS.items():
+        existing = _columns(conn, table)
+        if existing and not required <= existing:
+            path = database_file(conn)
+            raise StorageError(
+                f"database {path!r} has a table {table} that is not an agent_sessions or "
+                f"SQLiteSession table (columns: {', '.join(sorted(existing))})",
+                path=path,
+            )
+
+
 def _adopt_sdk_tables(conn: sqlite3.Connection) -> None:
+    _check_existing_tables(conn)
     # The SDK's own DDL, so a database we create stays usable by a plain SQLiteSession.
     conn.execute(
         f"""CREATE TABLE IF NOT EXISTS {SESSIONS_TABLE} (
@@ -345,7 +368,15 @@ def schema_version(conn: sqlite3.Connection) -> int:
         if "no such table" in str(exc):
             return 0
         raise
-    return int(row[0] or 0)
+    try:
+        return int(row[0] or 0)
+    except (TypeError, ValueError):
+        path = database_file(conn)
+        raise StorageError(
+            f"database {path!r} has a table {SCHEMA_TABLE} that agent_sessions did not write "
+            f"(version {row[0]!r})",
+            path=path,
+        ) from None
 
 
 def migrate(conn: sqlite3.Connection) -> int:
@@ -457,11 +488,11 @@ _DECODER = json.JSONDecoder()
 
 def decode_item(data: object) -> Item | None:
     """Decode one stored row, or return ``None`` if it is not exactly one JSON object."""
-    if isinstance(data, bytes):
-        data = data.decode("utf-8", "replace")
-    if not isinstance(data, str):
-        return None
     try:
+        if isinstance(data, bytes):
+            data = data.decode("utf-8")
+        if not isinstance(data, str):
+            return None
         # raw_decode skips json.loads' per-call set-up (most of its cost on small items);
         # the end offset proves the row holds one whole value and nothing after it.
         item, end = _DECODER.raw_decode(data)
@@ -492,10 +523,11 @@ def decode_rows(rows: Iterable[tuple[int, object]]) -> DecodedRows:
         # The common case inline (this loop is most of get_items' cost), the rest through
         # decode_item, which also handles bytes, trailing whitespace and errors.
         try:
-            item, end = raw_decode(data)  # type: ignore[arg-type]
-            if end != len(data) or type(item) is not dict:  # type: ignore[arg-type]
-                item = decode_item(data)
-        except (ValueError, TypeError, RecursionError):
+            text = data.decode("utf-8") if type(data) is bytes else data
+            item, end = raw_decode(text)  # type: ignore[arg-type]
+            if end != len(text) or type(item) is not dict:  # type: ignore[arg-type]
+                item = decode_item(text)
+        except (ValueError, TypeError, RecursionError):  # UnicodeDecodeError is a ValueError
             item = decode_item(data)
         if item is None:
             corrupt.append(row_id)
@@ -506,13 +538,15 @@ def decode_rows(rows: Iterable[tuple[int, object]]) -> DecodedRows:
 
 # --- session reads and writes (synchronous, one connection) -------------------------------
 
-SELECT_ALL_ROWS = f"SELECT id, message_data FROM {MESSAGES_TABLE} WHERE session_id = ? ORDER BY id"
+# message_data is read as bytes (CAST ... AS BLOB) and decoded here: a row that is not valid
+# UTF-8 (a flipped bit) must count as one corrupt row, not fail the fetch of the whole session.
+_DATA = "CAST(message_data AS BLOB)"
+SELECT_ALL_ROWS = f"SELECT id, {_DATA} FROM {MESSAGES_TABLE} WHERE session_id = ? ORDER BY id"
 SELECT_NEWEST_ROWS = (
-    f"SELECT id, message_data FROM {MESSAGES_TABLE} WHERE session_id = ? ORDER BY id DESC LIMIT ?"
+    f"SELECT id, {_DATA} FROM {MESSAGES_TABLE} WHERE session_id = ? ORDER BY id DESC LIMIT ?"
 )
 SELECT_ROWS_FROM_OFFSET = (
-    f"SELECT id, message_data FROM {MESSAGES_TABLE} WHERE session_id = ? "
-    "ORDER BY id LIMIT -1 OFFSET ?"
+    f"SELECT id, {_DATA} FROM {MESSAGES_TABLE} WHERE session_id = ? ORDER BY id LIMIT -1 OFFSET ?"
 )
 PRUNE_STATE = (
     f"SELECT (SELECT COUNT(*) FROM {MESSAGES_TABLE} WHERE session_id = ?), "
