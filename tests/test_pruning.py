@@ -409,7 +409,8 @@ def conn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sqlite3.Connectio
 
 
 def stored_texts(connection: sqlite3.Connection, session_id: str) -> list[str]:
-    return [text for _, text in connection.execute(storage.SELECT_ALL_ROWS, (session_id,))]
+    rows = connection.execute(storage.SELECT_ALL_ROWS, (session_id,))
+    return [data.decode() if isinstance(data, bytes) else data for _, data in rows]
 
 
 @settings(max_examples=200, deadline=None)
