@@ -22,14 +22,37 @@ def to_timestamp(moment: datetime) -> float:
     Raises:
         InvalidArgumentError: if ``moment`` is not an aware datetime.
     """
+    return as_utc(moment).timestamp()
+
+
+def as_utc(moment: object) -> datetime:
+    """Return ``moment`` converted to UTC.
+
+    Arithmetic on the result counts elapsed time: an aware datetime in a zone with daylight
+    saving time would add wall-clock days instead.
+
+    Raises:
+        InvalidArgumentError: if ``moment`` is not an aware datetime.
+    """
     if not isinstance(moment, datetime) or moment.tzinfo is None or moment.utcoffset() is None:
         raise InvalidArgumentError(f"the clock must return an aware datetime, got {moment!r}")
-    return moment.timestamp()
+    return moment.astimezone(UTC)
+
+
+_LATEST = datetime.max.replace(tzinfo=UTC)
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
 
 
 def from_timestamp(seconds: float) -> datetime:
-    """Convert stored POSIX seconds back to an aware UTC datetime."""
-    return datetime.fromtimestamp(seconds, UTC)
+    """Convert stored POSIX seconds back to an aware UTC datetime.
+
+    Values beyond what ``datetime`` can hold (a clock that returned ``datetime.max``) are
+    clamped to its range, so reading a session never fails on its timestamp.
+    """
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        return _LATEST if seconds > 0 else _EARLIEST
 
 
 def now_timestamp(clock: Clock) -> float:

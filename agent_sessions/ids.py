@@ -113,12 +113,18 @@ def parse_session_id(session_id: str) -> tuple[str, str] | None:
         return None
 
 
-def positive_int(value: object, what: str, *, minimum: int = 1) -> int:
-    """Return ``value`` if it is an int of at least ``minimum`` (bools are refused).
+def positive_int(value: object, what: str, *, minimum: int = 1, maximum: int | None = None) -> int:
+    """Return ``value`` if it is an int in ``[minimum, maximum]`` (bools are refused).
 
     Raises:
         InvalidArgumentError: naming ``what`` otherwise.
     """
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidArgumentError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
+        bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        raise InvalidArgumentError(f"{what} must be an integer {bounds}, got {value!r}")
     return value

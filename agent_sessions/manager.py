@@ -18,7 +18,7 @@ import aiosqlite
 from pydantic import BaseModel, ConfigDict
 
 from . import storage
-from .clock import Clock, from_timestamp, now_timestamp, utc_now
+from .clock import Clock, as_utc, from_timestamp, now_timestamp, to_timestamp, utc_now
 from .errors import (
     InvalidIdentifierError,
     SessionClosedError,
@@ -59,9 +59,22 @@ class SessionStats(BaseModel):
     last_activity: datetime
 
 
+MAX_SESSION_ID_LENGTH = 4096
+_MAX_ROWS = 2**62  # limits and offsets are bound as SQLite integers (64-bit signed)
+MAX_RETENTION_DAYS = 36_500
+
+
 def _session_id(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidIdentifierError(f"session_id must be a non-empty str, got {value!r}")
+    if len(value) > MAX_SESSION_ID_LENGTH:
+        raise InvalidIdentifierError(
+            f"session_id is {len(value)} characters long; the limit is {MAX_SESSION_ID_LENGTH}"
+        )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no stored id can contain one
+        raise InvalidIdentifierError(f"session_id is not valid text: {value!r}") from None
     return value
 
 
@@ -103,7 +116,9 @@ class SessionManager:
             resolve_setting(max_messages, "max_messages", settings), "max_messages"
         )
         self.retention_days = positive_int(
-            resolve_setting(retention_days, "retention_days", settings), "retention_days"
+            resolve_setting(retention_days, "retention_days", settings),
+            "retention_days",
+            maximum=MAX_RETENTION_DAYS,
         )
         self.cleanup_batch_size = positive_int(cleanup_batch_size, "cleanup_batch_size")
         self._clock: Clock = clock or utc_now
@@ -234,7 +249,9 @@ class SessionManager:
         return now_timestamp(self._clock)
 
     def _cutoff(self, retention_days: int) -> float:
-        return self._now() - timedelta(days=retention_days).total_seconds()
+        # Subtract as datetimes, then convert: float seconds minus a float span can round
+        # differently from the stored value of the same instant (near powers of two).
+        return to_timestamp(as_utc(self._clock()) - timedelta(days=retention_days))
 
     @staticmethod
     async def _stats(db: aiosqlite.Connection, row: Any) -> SessionStats:
@@ -295,8 +312,8 @@ class SessionManager:
             InvalidArgumentError: if ``limit`` < 1 or ``offset`` < 0.
             InvalidIdentifierError: if ``user_id`` is unusable.
         """
-        limit = positive_int(limit, "limit")
-        offset = positive_int(offset, "offset", minimum=0)
+        limit = positive_int(limit, "limit", maximum=_MAX_ROWS)
+        offset = positive_int(offset, "offset", minimum=0, maximum=_MAX_ROWS)
         user = None if user_id is None else normalize_identifier(user_id, "user_id")
 
         async def listing(db: aiosqlite.Connection) -> list[SessionStats]:
@@ -403,6 +420,7 @@ class SessionManager:
         days = positive_int(
             retention_days if retention_days is not None else self.retention_days,
             "retention_days",
+            maximum=MAX_RETENTION_DAYS,
         )
         cutoff = self._cutoff(days)
         if dry_run:

@@ -39,10 +39,13 @@ class AgentSessionSettings(BaseSettings):
         description="SQLite database file; its parent folder is created when needed.",
     )
     max_messages: int = Field(
-        default=200, ge=1, description="Items kept per session after every write."
+        default=200, ge=1, le=2**62, description="Items kept per session after every write."
     )
     retention_days: int = Field(
-        default=7, ge=1, description="Sessions idle for longer than this are deleted by cleanup."
+        default=7,
+        ge=1,
+        le=36_500,
+        description="Sessions idle for longer than this are deleted by cleanup.",
     )
     cleanup_hour: int = Field(default=2, ge=0, le=23, description="Hour of the daily cleanup.")
     cleanup_minute: int = Field(default=0, ge=0, le=59, description="Minute of the daily cleanup.")

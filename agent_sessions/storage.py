@@ -110,14 +110,19 @@ def prepare_path(db_path: str | Path) -> str:
     text = str(db_path)
     if text == ":memory:" or text.startswith("file:"):
         return text
-    path = Path(text).expanduser()
     try:
+        if "\x00" in text:
+            raise ValueError("embedded NUL character")
+        text.encode("utf-8")  # a lone surrogate cannot name a file SQLite can open
+        path = Path(text).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
+        is_folder = path.is_dir()
+    except (OSError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise StorageUnavailableError(
-            f"cannot create the folder for database {text!r}: {exc.strerror or exc}", path=text
+            f"cannot use {text!r} as a database path: {reason}", path=text
         ) from exc
-    if path.is_dir():
+    if is_folder:
         raise StorageUnavailableError(f"database path {text!r} is a folder", path=text)
     return str(path)
 
@@ -436,22 +441,30 @@ read back. SDK items nest a handful of levels.
 """
 
 
-def _depth(item: object) -> int:
-    deepest = 0
+def _structure_problem(item: object) -> str | None:
+    """Why ``item`` would not read back as it was written, or ``None`` if it would.
+
+    Two things JSON itself does not catch: nesting deeper than ``MAX_ITEM_DEPTH``, and keys
+    that become equal once converted to JSON strings (``{1: "a", "1": "b"}`` would come back
+    as ``{"1": "b"}``, losing a value).
+    """
     stack: list[tuple[object, int]] = [(item, 1)]
     while stack:
         value, level = stack.pop()
-        if isinstance(value, dict):
-            children: Iterable[object] = value.values()
+        if type(value) is dict or isinstance(value, dict):
+            if level > MAX_ITEM_DEPTH:
+                return f"nests deeper than {MAX_ITEM_DEPTH} levels; it could not be read back"
+            keys = value.keys()
+            if any(type(key) is not str for key in keys):
+                converted = json.loads(json.dumps(dict.fromkeys(keys, 0)))
+                if len(converted) < len(value):
+                    return "has keys that are equal as JSON strings (e.g. 1 and '1')"
+            stack.extend((child, level + 1) for child in value.values())
         elif isinstance(value, list | tuple):
-            children = value
-        else:
-            continue
-        deepest = max(deepest, level)
-        if deepest > MAX_ITEM_DEPTH:
-            return deepest
-        stack.extend((child, level + 1) for child in children)
-    return deepest
+            if level > MAX_ITEM_DEPTH:
+                return f"nests deeper than {MAX_ITEM_DEPTH} levels; it could not be read back"
+            stack.extend((child, level + 1) for child in value)
+    return None
 
 
 def encode_items(items: Iterable[Any]) -> list[str]:
@@ -459,7 +472,8 @@ def encode_items(items: Iterable[Any]) -> list[str]:
 
     Raises:
         InvalidItemError: naming the position of the first item that is not a JSON object, is
-            not serialisable, or nests deeper than ``MAX_ITEM_DEPTH``; nothing is written then.
+            not serialisable, nests deeper than ``MAX_ITEM_DEPTH`` or has keys that collide
+            as JSON strings; nothing is written then.
     """
     payloads = []
     for position, item in enumerate(items):
@@ -471,14 +485,9 @@ def encode_items(items: Iterable[Any]) -> list[str]:
             payload = json.dumps(item, allow_nan=False)
         except (TypeError, ValueError, RecursionError) as exc:
             raise InvalidItemError(f"item {position} cannot be stored as JSON: {exc}") from exc
-        # Counting brackets is cheap; only a payload with that many is walked for its depth.
-        if payload.count("{") + payload.count("[") > MAX_ITEM_DEPTH and (
-            _depth(item) > MAX_ITEM_DEPTH
-        ):
-            raise InvalidItemError(
-                f"item {position} nests deeper than {MAX_ITEM_DEPTH} levels; it could not be "
-                "read back"
-            )
+        problem = _structure_problem(item)
+        if problem is not None:
+            raise InvalidItemError(f"item {position} {problem}")
         payloads.append(payload)
     return payloads
 
