@@ -21,8 +21,9 @@ from .errors import (
     InvalidArgumentError,
     SessionNotFoundError,
 )
+from .ids import MAX_COUNT
 from .manager import SessionManager, SessionStats
-from .settings import AgentSessionSettings, load_settings
+from .settings import MAX_RETENTION_DAYS, AgentSessionSettings, load_settings
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -35,24 +36,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _integer(minimum: int, maximum: int = MAX_COUNT) -> Callable[[str], int]:
+    """An argparse type accepting integers in ``[minimum, maximum]``, the library's own bounds."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer from {minimum} to {maximum}, got {value}"
+            )
+        return value
+
+    return parse
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
+_positive = _integer(1)
+_non_negative = _integer(0)
+_retention_days = _integer(1, MAX_RETENTION_DAYS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     cleanup = commands.add_parser("cleanup", help="delete sessions idle beyond retention")
     cleanup.add_argument("--dry-run", action="store_true", help="only count them")
     cleanup.add_argument(
-        "--retention-days", type=_positive, help="idle days allowed (default: the settings')"
+        "--retention-days", type=_retention_days, help="idle days allowed (default: the settings')"
     )
 
     commands.add_parser("daemon", help="run the scheduled cleanup until SIGINT/SIGTERM")

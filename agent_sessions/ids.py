@@ -17,6 +17,8 @@ from urllib.parse import unquote
 from .errors import InvalidArgumentError, InvalidIdentifierError
 
 MAX_ID_LENGTH = 128
+MAX_COUNT = 2**62
+"""Upper bound of every count and limit: they are bound as 64-bit signed SQLite integers."""
 """Longest user or conversation id accepted, in characters."""
 
 _SAFE = frozenset(string.ascii_letters + string.digits + ".@+-")
@@ -113,18 +115,14 @@ def parse_session_id(session_id: str) -> tuple[str, str] | None:
         return None
 
 
-def positive_int(value: object, what: str, *, minimum: int = 1, maximum: int | None = None) -> int:
+def positive_int(value: object, what: str, *, minimum: int = 1, maximum: int = MAX_COUNT) -> int:
     """Return ``value`` if it is an int in ``[minimum, maximum]`` (bools are refused).
 
     Raises:
         InvalidArgumentError: naming ``what`` otherwise.
     """
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or value < minimum
-        or (maximum is not None and value > maximum)
-    ):
-        bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
-        raise InvalidArgumentError(f"{what} must be an integer {bounds}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or value > maximum:
+        raise InvalidArgumentError(
+            f"{what} must be an integer from {minimum} to {maximum}, got {value!r}"
+        )
     return value

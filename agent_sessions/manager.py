@@ -26,7 +26,7 @@ from .errors import (
     StorageUnavailableError,
 )
 from .ids import normalize_identifier, positive_int
-from .settings import AgentSessionSettings, resolve_setting
+from .settings import MAX_RETENTION_DAYS, AgentSessionSettings, resolve_setting
 
 logger = logging.getLogger("agent_sessions")
 
@@ -60,8 +60,6 @@ class SessionStats(BaseModel):
 
 
 MAX_SESSION_ID_LENGTH = 4096
-_MAX_ROWS = 2**62  # limits and offsets are bound as SQLite integers (64-bit signed)
-MAX_RETENTION_DAYS = 36_500
 
 
 def _session_id(value: object) -> str:
@@ -312,8 +310,8 @@ class SessionManager:
             InvalidArgumentError: if ``limit`` < 1 or ``offset`` < 0.
             InvalidIdentifierError: if ``user_id`` is unusable.
         """
-        limit = positive_int(limit, "limit", maximum=_MAX_ROWS)
-        offset = positive_int(offset, "offset", minimum=0, maximum=_MAX_ROWS)
+        limit = positive_int(limit, "limit")
+        offset = positive_int(offset, "offset", minimum=0)
         user = None if user_id is None else normalize_identifier(user_id, "user_id")
 
         async def listing(db: aiosqlite.Connection) -> list[SessionStats]:

@@ -11,8 +11,10 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigurationError
+from .ids import MAX_COUNT
 
 ENV_PREFIX = "AGENT_SESSION_"
+MAX_RETENTION_DAYS = 36_500  # a century; anything larger is a typo, and cutoffs stay in range
 
 T = TypeVar("T")
 
@@ -39,12 +41,12 @@ class AgentSessionSettings(BaseSettings):
         description="SQLite database file; its parent folder is created when needed.",
     )
     max_messages: int = Field(
-        default=200, ge=1, le=2**62, description="Items kept per session after every write."
+        default=200, ge=1, le=MAX_COUNT, description="Items kept per session after every write."
     )
     retention_days: int = Field(
         default=7,
         ge=1,
-        le=36_500,
+        le=MAX_RETENTION_DAYS,
         description="Sessions idle for longer than this are deleted by cleanup.",
     )
     cleanup_hour: int = Field(default=2, ge=0, le=23, description="Hour of the daily cleanup.")

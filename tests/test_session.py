@@ -86,7 +86,7 @@ def test_invalid_ids_are_rejected_before_anything_is_created(db_path: Path, bad:
     assert not db_path.exists()
 
 
-@pytest.mark.parametrize("bad", [0, -1, True, 2.5, "10"])
+@pytest.mark.parametrize("bad", [0, -1, True, 2.5, "10", 2**62 + 1])
 def test_invalid_max_messages(db_path: Path, bad: object) -> None:
     with pytest.raises(InvalidArgumentError, match="max_messages"):
         AgentSession("u", "c", db_path=db_path, max_messages=bad)  # type: ignore[arg-type]

@@ -945,6 +945,8 @@ def _cli(tmp_path: Path, prop: settings) -> None:
     @example(argv=[])
     @example(argv=["list", "--limit", "-5"])
     @example(argv=["list", "--limit", "9" * 5000])
+    @example(argv=["list", "--limit", str(2**63 - 1)])  # past the library's bound: exit 2
+    @example(argv=["cleanup", "--retention-days", "99999999"])
     @example(argv=["--db", "folder", "stats"])
     @example(argv=["--db", "notadb.txt", "list"])
     @example(argv=["show", "'; DROP TABLE agent_sessions; --"])
