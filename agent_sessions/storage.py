@@ -61,6 +61,9 @@ _NOW_TS = "CAST(strftime('%s', 'now') AS REAL)"
 
 _BUSY_CODES = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED
 _FULL_CODES = {13}  # SQLITE_FULL
+# SQLITE_IOERR_SHMSIZE: the WAL index (-shm) could not grow. SQLite does not check errno
+# there, but on a full filesystem this is how a growing WAL fails; it is a full disk.
+_FULL_EXTENDED_CODES = {4874}
 _UNAVAILABLE_CODES = {8, 10, 14, 23}  # SQLITE_READONLY, SQLITE_IOERR, SQLITE_CANTOPEN, AUTH
 _CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 
@@ -71,7 +74,7 @@ def translate_error(exc: sqlite3.Error, path: str | Path) -> StorageError:
     primary = code & 0xFF if isinstance(code, int) else None
     text = str(exc)
     where = f"database {str(path)!r}"
-    if primary in _FULL_CODES or "full" in text:
+    if primary in _FULL_CODES or code in _FULL_EXTENDED_CODES or "full" in text:
         return StorageFullError(f"storage is full: {where}: {text}", path=str(path))
     if primary in _BUSY_CODES or "locked" in text:
         return StorageBusyError(

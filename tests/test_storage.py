@@ -8,6 +8,13 @@ from pathlib import Path
 import pytest
 
 from agent_sessions import storage
+from agent_sessions.errors import (
+    CorruptDatabaseError,
+    StorageBusyError,
+    StorageError,
+    StorageFullError,
+    StorageUnavailableError,
+)
 
 
 def test_failed_commit_rolls_back_and_leaves_no_transaction(tmp_path: Path) -> None:
@@ -52,3 +59,31 @@ def test_connect_migrates_once_and_switches_to_wal(tmp_path: Path) -> None:
         assert storage.migrate(first) == 0
     finally:
         first.close()
+
+
+def _driver_error(text: str, code: int, name: str) -> sqlite3.OperationalError:
+    exc = sqlite3.OperationalError(text)
+    exc.sqlite_errorcode = code  # what the driver sets on errors it raises itself
+    exc.sqlite_errorname = name
+    return exc
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (_driver_error("database or disk is full", 13, "SQLITE_FULL"), StorageFullError),
+        # A growing WAL on a full filesystem fails to extend its -shm index this way
+        # (seen on tmpfs by the disk-full soak in tests/reliability/test_storage_faults.py).
+        (_driver_error("disk I/O error", 4874, "SQLITE_IOERR_SHMSIZE"), StorageFullError),
+        (_driver_error("disk I/O error", 266, "SQLITE_IOERR_READ"), StorageUnavailableError),
+        (_driver_error("database is locked", 5, "SQLITE_BUSY"), StorageBusyError),
+        (_driver_error("file is not a database", 26, "SQLITE_NOTADB"), CorruptDatabaseError),
+    ],
+)
+def test_driver_errors_map_to_the_storage_error_tree(
+    exc: sqlite3.OperationalError, expected: type[StorageError]
+) -> None:
+    error = storage.translate_error(exc, "/data/app.db")
+    assert type(error) is expected
+    assert error.path == "/data/app.db"
+    assert "'/data/app.db'" in str(error)
