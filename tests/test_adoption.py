@@ -16,21 +16,10 @@ import pytest
 
 from agent_sessions import AgentSession, SessionManager, StorageError, storage
 from tests.conftest import FakeClock
+from tests.items import assistant, user
 
 LEGACY_IDS = ("user_42_conv_abc", "user_a_conv_b_conv_c", "legacy-free-form-id")
 ORPHANED = "user_7_conv_orphan"  # its session row is deleted by hand before adoption
-
-
-def user(text: str) -> dict[str, Any]:
-    return {"role": "user", "content": text}
-
-
-def assistant(text: str) -> dict[str, Any]:
-    return {
-        "type": "message",
-        "role": "assistant",
-        "content": [{"type": "output_text", "text": text}],
-    }
 
 
 def legacy_items(session_id: str) -> list[dict[str, Any]]:

@@ -32,23 +32,12 @@ from agent_sessions import (
 from agent_sessions.clock import utc_now
 from agent_sessions.scheduler import MISFIRE_GRACE_SECONDS, run_cleanup, run_daemon
 from tests.conftest import FakeClock
+from tests.items import assistant, user
 
 ORPHANS = (
     "SELECT COUNT(*) FROM agent_messages "
     "WHERE session_id NOT IN (SELECT session_id FROM agent_sessions)"
 )
-
-
-def user(text: str) -> dict[str, Any]:
-    return {"role": "user", "content": text}
-
-
-def assistant(text: str) -> dict[str, Any]:
-    return {
-        "type": "message",
-        "role": "assistant",
-        "content": [{"type": "output_text", "text": text}],
-    }
 
 
 async def write(

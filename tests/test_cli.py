@@ -18,7 +18,6 @@ import time
 from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -27,22 +26,11 @@ from agent_sessions.cli import main
 from agent_sessions.clock import utc_now
 from agent_sessions.settings import get_settings
 from tests.conftest import FakeClock
+from tests.items import assistant, user
 
 ALICE_1 = "user_alice_conv_c1"
 ALICE_2 = "user_alice_conv_c2"
 BOB = "user_bob_conv_c1"
-
-
-def user(text: str) -> dict[str, Any]:
-    return {"role": "user", "content": text}
-
-
-def assistant(text: str) -> dict[str, Any]:
-    return {
-        "type": "message",
-        "role": "assistant",
-        "content": [{"type": "output_text", "text": text}],
-    }
 
 
 TOOL_CONVERSATION = [

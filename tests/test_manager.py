@@ -27,28 +27,9 @@ from agent_sessions import (
     SessionStats,
 )
 from tests.conftest import FakeClock
+from tests.items import assistant, call, output, user
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def user(text: str) -> dict[str, Any]:
-    return {"role": "user", "content": text}
-
-
-def assistant(text: str) -> dict[str, Any]:
-    return {
-        "type": "message",
-        "role": "assistant",
-        "content": [{"type": "output_text", "text": text}],
-    }
-
-
-def call(call_id: str) -> dict[str, Any]:
-    return {"type": "function_call", "call_id": call_id, "name": "lookup", "arguments": "{}"}
-
-
-def output(call_id: str) -> dict[str, Any]:
-    return {"type": "function_call_output", "call_id": call_id, "output": f"out-{call_id}"}
 
 
 CORRUPT_PAYLOADS = ("{not json", "42", "[1, 2]")

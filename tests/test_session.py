@@ -20,18 +20,7 @@ from agent_sessions import (
     get_agent_session,
 )
 from tests.conftest import FakeClock
-
-
-def user(text: str) -> dict[str, str]:
-    return {"role": "user", "content": text}
-
-
-def assistant(text: str) -> dict[str, object]:
-    return {
-        "type": "message",
-        "role": "assistant",
-        "content": [{"type": "output_text", "text": text}],
-    }
+from tests.items import assistant, user
 
 
 async def test_file_backed_by_default_under_settings_path(tmp_path: Path) -> None:

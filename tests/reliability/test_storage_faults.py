@@ -50,30 +50,11 @@ from agent_sessions import (
 from agent_sessions.cli import main as cli_main
 from agent_sessions.engine import close_idle_connections
 from tests.conftest import FakeClock
+from tests.items import assistant, call, output, user
 
 Item = dict[str, Any]
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def user(text: str) -> Item:
-    return {"role": "user", "content": text}
-
-
-def assistant(text: str) -> Item:
-    return {
-        "type": "message",
-        "role": "assistant",
-        "content": [{"type": "output_text", "text": text}],
-    }
-
-
-def call(call_id: str) -> Item:
-    return {"type": "function_call", "call_id": call_id, "name": "lookup", "arguments": "{}"}
-
-
-def output(call_id: str) -> Item:
-    return {"type": "function_call_output", "call_id": call_id, "output": f"out-{call_id}"}
 
 
 def bulky(tag: str, size: int) -> Item:
