@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 
 from agent_sessions import AgentSession, SessionManager
+from tests.reliability.tagged import Item, bounded, is_user_tag, tag_of, tool_batch, user
 
 PROCESSES = 4
 TASKS = 8  # per process
@@ -43,7 +44,6 @@ WRITE_SECONDS = 8.0
 SOAK_WRITE_SECONDS = 60.0
 MAX_PROBLEMS_KEPT = 20  # per process; the counts are exact
 
-Item = dict[str, Any]
 Ack = tuple[str, tuple[str, ...]]  # (session id, tags of the items of one add_items, in order)
 
 AUDIT_SQL = """
@@ -59,53 +59,6 @@ END;
 
 
 # --- items: every item carries a unique tag -----------------------------------------------
-
-
-def user(tag: str) -> Item:
-    return {"role": "user", "content": f"{tag}:u"}
-
-
-def tool_batch(tag: str, pairs: int) -> list[Item]:
-    items: list[Item] = []
-    for k in range(1, pairs + 1):
-        call_id = f"{tag}:c{k}"
-        items.append(
-            {"type": "function_call", "call_id": call_id, "name": "lookup", "arguments": "{}"}
-        )
-        items.append({"type": "function_call_output", "call_id": call_id, "output": f"{tag}:o{k}"})
-    items.append(
-        {
-            "type": "message",
-            "role": "assistant",
-            "content": [{"type": "output_text", "text": f"{tag}:a"}],
-        }
-    )
-    return items
-
-
-def tag_of(item: Item) -> str:
-    if item.get("role") == "user":
-        return str(item["content"])
-    kind = item.get("type")
-    if kind == "function_call":
-        return str(item["call_id"])
-    if kind == "function_call_output":
-        return str(item["output"])
-    return str(item["content"][0]["text"])
-
-
-def is_user_tag(tag: str) -> bool:
-    return tag.endswith(":u")
-
-
-def bounded(tags: Sequence[str], max_messages: int) -> list[str]:
-    """Reference pruning rule: the longest suffix <= max from a user message, else the last turn."""
-    if len(tags) <= max_messages:
-        return list(tags)
-    starts = [i for i, tag in enumerate(tags) if is_user_tag(tag)]
-    assert starts, "test bug: a history without user messages"
-    fitting = [i for i in starts if len(tags) - i <= max_messages]
-    return list(tags[min(fitting) if fitting else starts[-1] :])
 
 
 def history_problems(items: Sequence[Item], max_messages: int) -> list[str]:
@@ -181,7 +134,7 @@ async def _write_turns(db_path: str, proc: int, seconds: float, go: Any) -> dict
                     tags = tuple(tag_of(item) for item in batch)
                     acks[task].append((session.session_id, tags))
                     if on_own:
-                        own_expected = bounded([*own_expected, *tags], MAX_MESSAGES)
+                        own_expected = bounded([*own_expected, *tags], MAX_MESSAGES, is_user_tag)
             except Exception as exc:  # counted, and asserted to be zero
                 counts["errors"] += 1
                 if len(errors) < MAX_PROBLEMS_KEPT:
@@ -381,7 +334,7 @@ def run_battery(db_path: str, seconds: float) -> None:
     for session_id in sorted(written_sessions):
         expected: list[str] = []
         for _, tags in batches[session_id]:
-            expected = bounded([*expected, *tags], MAX_MESSAGES)
+            expected = bounded([*expected, *tags], MAX_MESSAGES, is_user_tag)
         missing = [tag for tag in expected if tag not in set(stored[session_id])]
         lost += len(missing)
         assert stored[session_id] == expected, (

@@ -38,6 +38,7 @@ from agents.testing import ScriptedModel, assistant_message
 
 from agent_sessions import AgentSession, get_session_id
 from agent_sessions.engine import close_idle_connections
+from tests.reliability.tagged import Item, bounded, tag_of, tool_batch, user
 
 USER = "crash"
 BIG = ("big0", "big1", "big2")
@@ -57,8 +58,6 @@ READ_ALL_EVERY, RUNNER_EVERY = 1, 3
 SOAK_READ_ALL_EVERY, SOAK_RUNNER_EVERY = 10, 10
 CHILD_SECONDS = 60.0  # a child whose parent died stops by itself
 
-Item = dict[str, Any]
-
 
 # --- what the child writes: a pure function of (generation, step) ------------------------------
 
@@ -73,33 +72,13 @@ def step(generation: int, n: int) -> tuple[str, list[Item]]:
     conversation = CONVERSATIONS[turn % len(CONVERSATIONS)]
     tag = f"g{generation}t{turn}"
     if n % 2 == 0:
-        return conversation, [{"role": "user", "content": f"{tag}:u"}]
-    items: list[Item] = []
-    for k in range(1, 2 + (turn // len(CONVERSATIONS)) % 2):  # one or two call/output pairs
-        call_id = f"{tag}:c{k}"
-        items.append(
-            {"type": "function_call", "call_id": call_id, "name": "lookup", "arguments": "{}"}
-        )
-        items.append({"type": "function_call_output", "call_id": call_id, "output": f"{tag}:o{k}"})
-    items.append(
-        {
-            "type": "message",
-            "role": "assistant",
-            "content": [{"type": "output_text", "text": f"{tag}:a"}],
-        }
-    )
-    return conversation, items
+        return conversation, [user(tag)]
+    pairs = 1 + (turn // len(CONVERSATIONS)) % 2  # one or two call/output pairs
+    return conversation, tool_batch(tag, pairs)
 
 
-def tag_of(item: Item) -> str:
-    if item.get("role") == "user":
-        return str(item["content"])
-    kind = item.get("type")
-    if kind == "function_call":
-        return str(item["call_id"])
-    if kind == "function_call_output":
-        return str(item["output"])
-    return str(item["content"][0]["text"])
+def is_user(item: Item) -> bool:
+    return item.get("role") == "user"
 
 
 def batch_of(tag: str) -> tuple[int, int]:
@@ -107,16 +86,6 @@ def batch_of(tag: str) -> tuple[int, int]:
     turn, part = tag.rsplit(":", 1)
     generation, turn_number = turn.removeprefix("g").split("t")
     return int(generation), 2 * int(turn_number) + (part != "u")
-
-
-def bounded(items: list[Item], max_items: int) -> list[Item]:
-    """Reference pruning rule: the longest suffix <= max from a user message, else the last turn."""
-    if len(items) <= max_items:
-        return items
-    starts = [i for i, item in enumerate(items) if item.get("role") == "user"]
-    assert starts, "test bug: a history without user messages"
-    fitting = [i for i in starts if len(items) - i <= max_items]
-    return items[min(fitting) if fitting else starts[-1] :]
 
 
 # --- the child ---------------------------------------------------------------------------------
@@ -369,12 +338,14 @@ async def crash_and_check(
         for n in range(logged):
             conversation, items = step(generation, n)
             if_logged[conversation].extend(items)  # in place: the big sessions are long
-            if_logged[conversation] = bounded(if_logged[conversation], max_messages(conversation))
+            if_logged[conversation] = bounded(
+                if_logged[conversation], max_messages(conversation), is_user
+            )
             items_acknowledged += len(items)
         conversation, items = step(generation, logged)  # the batch being written at the kill
         if_one_more = dict(if_logged)
         if_one_more[conversation] = bounded(
-            [*if_logged[conversation], *items], max_messages(conversation)
+            [*if_logged[conversation], *items], max_messages(conversation), is_user
         )
 
         integrity, stored = read_raw(db_path)
