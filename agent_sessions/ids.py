@@ -126,3 +126,18 @@ def positive_int(value: object, what: str, *, minimum: int = 1, maximum: int = M
             f"{what} must be an integer from {minimum} to {maximum}, got {value!r}"
         )
     return value
+
+
+def optional_limit(value: object, what: str = "limit") -> int | None:
+    """Return a read limit with the SDK's meaning: ``None`` or negative reads everything.
+
+    A limit beyond ``MAX_COUNT`` also reads everything (no session holds that many items).
+
+    Raises:
+        InvalidArgumentError: if ``value`` is neither ``None`` nor an int.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgumentError(f"{what} must be an int or None, got {value!r}")
+    return None if value < 0 or value > MAX_COUNT else value

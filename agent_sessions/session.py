@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import uuid
 from collections.abc import Callable
@@ -20,7 +19,13 @@ from . import storage
 from .clock import Clock, now_timestamp, utc_now
 from .engine import Engine, EngineClosed, registry
 from .errors import AgentSessionsError, SessionClosedError
-from .ids import get_session_id, normalize_identifier, parse_session_id, positive_int
+from .ids import (
+    get_session_id,
+    normalize_identifier,
+    optional_limit,
+    parse_session_id,
+    positive_int,
+)
 from .settings import AgentSessionSettings, get_settings, resolve_setting
 
 logger = logging.getLogger("agent_sessions")
@@ -68,7 +73,8 @@ class AgentSession(SQLiteSession):
 
         Raises:
             InvalidIdentifierError: if an id is unusable.
-            InvalidArgumentError: if ``max_messages`` is not a positive integer.
+            InvalidArgumentError: if ``max_messages`` is not a positive integer, or ``db_path``
+                is not a path.
             StorageError: (a subclass) naming ``db_path`` if it cannot be opened.
         """
         user = normalize_identifier(user_id, "user_id")
@@ -79,13 +85,14 @@ class AgentSession(SQLiteSession):
         self.max_messages = positive_int(
             resolve_setting(max_messages, "max_messages", settings), "max_messages"
         )
-        if db_path is None:
-            db_path = (settings or get_settings()).db_path
+        path = storage.database_path(
+            db_path if db_path is not None else (settings or get_settings()).db_path
+        )
         # SQLiteSession.__init__ is deliberately not called: it opens a connection and checks
         # the schema for every object (about 2 ms). The attributes it documents are set here
         # and every method it implements is overridden, on a shared connection instead.
         self.session_id = session_id
-        self.db_path = str(db_path) if str(db_path) == ":memory:" else os.path.expanduser(db_path)
+        self.db_path = path
         self.sessions_table = storage.SESSIONS_TABLE
         self.messages_table = storage.MESSAGES_TABLE
         self.session_settings = (
@@ -126,9 +133,13 @@ class AgentSession(SQLiteSession):
     async def get_items(self, limit: int | None = None) -> list[TResponseInputItem]:
         """Return the history, oldest first; with ``limit``, only the newest ``limit`` items.
 
-        Rows that cannot be decoded as items are skipped and logged.
+        Rows that cannot be decoded as items are skipped and logged. As in the SDK, ``None``
+        or a negative limit reads everything.
+
+        Raises:
+            InvalidArgumentError: if ``limit`` is neither ``None`` nor an int.
         """
-        session_limit = resolve_session_limit(limit, self.session_settings)
+        session_limit = optional_limit(resolve_session_limit(limit, self.session_settings))
         decoded = await self._call(
             lambda conn: storage.read_items(conn, self.session_id, session_limit)
         )

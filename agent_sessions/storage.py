@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -25,6 +26,7 @@ from typing import Any
 
 from .errors import (
     CorruptDatabaseError,
+    InvalidArgumentError,
     InvalidItemError,
     StorageBusyError,
     StorageError,
@@ -102,6 +104,22 @@ def translate_errors(path: str | Path) -> Iterator[None]:
 
 
 # --- connections ----------------------------------------------------------------------------
+
+
+def database_path(db_path: object) -> str:
+    """Return a ``db_path`` argument as the path string every component uses (``~`` expanded).
+
+    ``":memory:"`` and ``file:`` URIs are kept as given.
+
+    Raises:
+        InvalidArgumentError: if ``db_path`` is not a ``str`` or ``os.PathLike`` of ``str``.
+    """
+    text = os.fspath(db_path) if isinstance(db_path, os.PathLike) else db_path
+    if not isinstance(text, str) or not text:
+        raise InvalidArgumentError(f"db_path must be a non-empty str or path, got {db_path!r}")
+    if text == ":memory:" or text.startswith("file:"):
+        return text
+    return os.path.expanduser(text)
 
 
 def prepare_path(db_path: str | Path) -> str:

@@ -96,6 +96,29 @@ def test_db_path_that_is_a_folder(tmp_path: Path) -> None:
         AgentSession("u", "c", db_path=tmp_path)
 
 
+@pytest.mark.parametrize("bad", [123, b"sessions.db", "", None])
+def test_db_path_that_is_not_a_path_is_refused(tmp_path: Path, bad: object) -> None:
+    settings = AgentSessionSettings(db_path=tmp_path / "default.db")
+    if bad is None:  # None means "the settings' path": refused only as an explicit setting
+        settings = settings.model_copy(update={"db_path": 123})
+    with pytest.raises(InvalidArgumentError, match="db_path"):
+        AgentSession("u", "c", db_path=bad, settings=settings)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_get_items_limit_follows_the_sdk_and_refuses_non_integers(db_path: Path) -> None:
+    with AgentSession("u", "c", db_path=db_path) as session:
+        items = [user(f"m{n}") for n in range(5)]
+        await session.add_items(items)  # type: ignore[arg-type]
+        assert await session.get_items(limit=2) == items[-2:]
+        assert await session.get_items(limit=0) == []
+        assert await session.get_items(limit=-1) == items  # the SDK's meaning: everything
+        assert await session.get_items(limit=2**70) == items  # past any SQLite integer
+        for bad in ("3", 2.5, True):
+            with pytest.raises(InvalidArgumentError, match="limit"):
+                await session.get_items(limit=bad)  # type: ignore[arg-type]
+
+
 def test_file_that_is_not_sqlite_is_refused_and_left_alone(tmp_path: Path) -> None:
     path = tmp_path / "notes.db"
     content = b"these are my notes, not a database\n" * 200
