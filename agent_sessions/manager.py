@@ -107,9 +107,10 @@ class SessionManager:
                 ``False`` a missing file raises ``StorageUnavailableError`` instead.
 
         Raises:
-            InvalidArgumentError: if a number is not a positive integer.
+            InvalidArgumentError: if a number is not a positive integer, or ``db_path`` is not
+                a path.
         """
-        self.db_path = str(resolve_setting(db_path, "db_path", settings))
+        self.db_path = storage.database_path(resolve_setting(db_path, "db_path", settings))
         self.max_messages = positive_int(
             resolve_setting(max_messages, "max_messages", settings), "max_messages"
         )
@@ -172,6 +173,8 @@ class SessionManager:
         """
         db = await self._connection()
         async with self._lock:
+            if self._closed:  # closed while this call waited its turn
+                raise SessionClosedError(f"SessionManager for {self.db_path!r} is closed")
             task = asyncio.ensure_future(self._run(db, body, write))
             cancelled: asyncio.CancelledError | None = None
             while not task.done():
@@ -216,11 +219,16 @@ class SessionManager:
         return self
 
     async def close(self) -> None:
-        """Close the connection; the manager cannot be used afterwards."""
+        """Close the connection; the manager cannot be used afterwards.
+
+        An operation already running finishes first (a cleanup stops after its current
+        batch); calls made or still waiting after ``close`` raise ``SessionClosedError``.
+        """
         self._closed = True
-        db, self._db = self._db, None
-        if db is not None:
-            await db.close()
+        async with self._lock:  # never close the connection inside another call's transaction
+            db, self._db = self._db, None
+            if db is not None:
+                await db.close()
 
     async def __aenter__(self) -> Self:
         return await self.open()

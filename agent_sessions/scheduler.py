@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
+from .errors import SessionClosedError
 from .manager import SessionManager
 from .settings import AgentSessionSettings, get_settings
 
@@ -40,6 +41,11 @@ async def run_cleanup(
             async with SessionManager(settings=settings or get_settings()) as own:
                 deleted = await own.cleanup_inactive_sessions()
                 db_path = own.db_path
+    except SessionClosedError as exc:
+        # Expected when an app shuts down mid-run (the batches done so far are committed); a
+        # warning, not an error, but visible if the manager was closed too early by mistake.
+        logger.warning("agent_sessions cleanup did not finish: %s", exc)
+        return None
     except Exception:
         logger.exception("agent_sessions cleanup failed")
         return None
@@ -93,30 +99,47 @@ def start_cleanup_scheduler(
 
 
 async def run_daemon(
-    settings: AgentSessionSettings | None = None, *, stop: asyncio.Event | None = None
+    settings: AgentSessionSettings | None = None,
+    *,
+    stop: asyncio.Event | None = None,
+    create: bool = True,
 ) -> None:
-    """Run the scheduled cleanup in the foreground until SIGINT/SIGTERM (or ``stop`` is set)."""
+    """Run the scheduled cleanup in the foreground until SIGINT/SIGTERM (or ``stop`` is set).
+
+    The database is opened before the schedule starts, so an unusable path fails at once
+    rather than at the first run; every run uses that connection.
+
+    Args:
+        settings: Settings for the schedule and the database; defaults to ``get_settings()``.
+        stop: Set it to stop the daemon (in addition to the signals).
+        create: Create the database if it does not exist; with ``False`` a missing file
+            raises ``StorageUnavailableError`` (the CLI's choice: a typo must not create one).
+
+    Raises:
+        StorageError: (a subclass) if the database cannot be opened.
+    """
     settings = settings or get_settings()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    handled = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    async with SessionManager(settings=settings, create=create) as manager:
+        handled = []
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(signum, stop.set)
+                handled.append(signum)
+            except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
+                pass
+        scheduler = start_cleanup_scheduler(manager, settings=settings)
+        job = scheduler.get_job(CLEANUP_JOB_ID)
+        logger.info(
+            "agent_sessions cleanup daemon started for %s; next run at %s",
+            manager.db_path,
+            job.next_run_time if job is not None else "?",
+        )
         try:
-            loop.add_signal_handler(signum, stop.set)
-            handled.append(signum)
-        except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
-            pass
-    scheduler = start_cleanup_scheduler(settings=settings)
-    job = scheduler.get_job(CLEANUP_JOB_ID)
-    logger.info(
-        "agent_sessions cleanup daemon started for %s; next run at %s",
-        settings.db_path,
-        job.next_run_time if job is not None else "?",
-    )
-    try:
-        await stop.wait()
-    finally:
-        scheduler.shutdown(wait=False)
-        for signum in handled:
-            loop.remove_signal_handler(signum)
-        logger.info("agent_sessions cleanup daemon stopped")
+            await stop.wait()
+        finally:
+            scheduler.shutdown(wait=False)
+            for signum in handled:
+                loop.remove_signal_handler(signum)
+            logger.info("agent_sessions cleanup daemon stopped")

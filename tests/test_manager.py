@@ -356,6 +356,26 @@ async def test_closed_manager_raises_our_error(db_path: Path) -> None:
     assert len(snapshot(db_path)[1]) == 1, "a closed manager deleted rows"
 
 
+async def test_close_waits_for_the_running_operation_and_refuses_the_waiting_ones(
+    db_path: Path,
+) -> None:
+    with AgentSession("u", "c", db_path=db_path) as session:
+        await session.add_items([user(f"m{n}") for n in range(10)])  # type: ignore[list-item]
+    manager = SessionManager(db_path, max_messages=4)
+    await manager.open()
+    prune = asyncio.create_task(manager.prune_session_messages(session.session_id))
+    await asyncio.sleep(0)  # prune holds the connection; its transaction is under way
+    waiting = asyncio.create_task(manager.get_session_count())
+    await asyncio.sleep(0)  # waiting for its turn
+    await manager.close()
+    # Closing under a transaction would fail it half-way (aiosqlite: "no active connection").
+    assert await prune == 6
+    with pytest.raises(SessionClosedError):
+        await waiting
+    with AgentSession("u", "c", db_path=db_path) as session:
+        assert await session.get_items() == [user(f"m{n}") for n in range(6, 10)]
+
+
 async def test_manager_closed_before_first_use(db_path: Path) -> None:
     manager = SessionManager(db_path, max_messages=5, retention_days=7)
     await manager.close()
