@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import logging
 import sys
@@ -302,7 +303,7 @@ async def _run(settings: AgentSessionSettings, args: argparse.Namespace, out: Te
         from .scheduler import run_daemon  # APScheduler is only needed here
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-        await run_daemon(settings)
+        await run_daemon(settings, create=False)  # like every command: a typo creates nothing
         return EXIT_OK
     max_messages = getattr(args, "max_messages", None)
     # A mistyped --db must not create a database (and its folders) as a side effect.
@@ -314,7 +315,12 @@ async def _run(settings: AgentSessionSettings, args: argparse.Namespace, out: Te
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
     """Run ``agent-sessions`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
-    out = out or sys.stdout
+    if out is None:
+        out = sys.stdout
+        # Stored text may hold lone surrogates (the SDK stores what it is given): print them
+        # escaped, as stderr does, rather than fail half-way through a table.
+        if isinstance(out, io.TextIOWrapper):
+            out.reconfigure(errors="backslashreplace")
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # usage errors (2), --help (0): returned, not raised

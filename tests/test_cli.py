@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_sessions import AgentSession, storage
+from agent_sessions import AgentSession, get_session_id, storage
 from agent_sessions.cli import main
 from agent_sessions.clock import utc_now
 from agent_sessions.settings import get_settings
@@ -479,7 +479,8 @@ def test_database_commands_do_not_import_the_scheduler(populated: Path, tmp_path
     assert "apscheduler" not in loaded
 
 
-def test_daemon_starts_and_stops_on_sigterm(db_path: Path, tmp_path: Path) -> None:
+def test_daemon_starts_and_stops_on_sigterm(populated: Path, tmp_path: Path) -> None:
+    db_path = populated
     env = {**os.environ, "AGENT_SESSION_TIMEZONE": "Europe/Paris"}
     process = subprocess.Popen(
         [script(), "--db", str(db_path), "daemon"],
@@ -535,3 +536,70 @@ def test_a_missing_database_is_reported_not_created(
         assert "no database at" in err, (command, err)
         assert "typo" in err
     assert not missing.parent.exists(), "the CLI created folders for a database it did not find"
+
+
+def test_a_database_path_with_a_tilde_is_the_same_file_everywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("AGENT_SESSION_DB_PATH", "~/chat/sessions.db")
+
+    async def write() -> None:
+        with AgentSession("ada", "trip") as session:
+            await session.add_items([user("hello")])
+
+    asyncio.run(write())
+    assert (home / "chat" / "sessions.db").is_file()
+    code, output = run("stats", "--json")
+    assert code == 0
+    assert json.loads(output)["sessions"] == 1
+    code, output = run("--db", "~/chat/sessions.db", "list", "--json")
+    assert code == 0
+    assert [row["session_id"] for row in json.loads(output)] == ["user_ada_conv_trip"]
+    assert not (tmp_path / "~").exists()
+
+
+def test_text_output_escapes_lone_surrogates_instead_of_crashing(tmp_path: Path) -> None:
+    """The SDK stores any str; the real stdout cannot encode a lone surrogate."""
+    db_path = tmp_path / "surrogates.db"
+
+    async def write() -> None:
+        with AgentSession("u", "c", db_path=db_path) as session:
+            await session.add_items([user("bad \ud800 text"), assistant("also \udcff")])
+
+    asyncio.run(write())
+    session_id = get_session_id("u", "c")
+    for command in (
+        ["show", session_id],
+        ["export", session_id, "--format", "markdown"],
+        ["export", session_id],
+    ):
+        done = subprocess.run(
+            [script(), "--db", str(db_path), *command],
+            capture_output=True,
+            timeout=60,
+            cwd=tmp_path,
+            check=False,
+        )
+        assert done.returncode == 0, (command, done.stderr)
+        assert b"Traceback" not in done.stderr
+        assert b"bad \\ud800 text" in done.stdout, (command, done.stdout)
+
+
+def test_the_daemon_refuses_a_missing_database_at_start(tmp_path: Path) -> None:
+    missing = tmp_path / "typo" / "sessions.db"
+    done = subprocess.run(  # a subprocess: a daemon that wrongly starts is stopped by timeout
+        [script(), "--db", str(missing), "daemon"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "no database at" in done.stderr, done.stderr
+    assert "typo" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not missing.parent.exists(), "the daemon created a database it did not find"
