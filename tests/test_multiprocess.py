@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import sqlite3
+from contextlib import closing
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent_sessions import AgentSession, AgentSessionsError
+from agent_sessions import AgentSession, AgentSessionsError, SessionManager
+from agent_sessions.clock import utc_now
 
 PROCESSES = 4
 TURNS = 60  # per process and session; the soak test runs 20 times as many
@@ -109,3 +112,55 @@ def test_four_processes_share_one_file(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_four_processes_share_one_file_soak(tmp_path: Path) -> None:
     run_processes(str(tmp_path / "shared.db"), TURNS * 20)
+
+
+# --- several processes cleaning up at once (each app process may run the scheduler) ------
+
+IDLE_SESSIONS = 1500
+CLEANERS = 3
+
+
+def cleaner_main(db_path: str, start: Any, results: Any) -> None:
+    async def clean() -> int:
+        async with SessionManager(db_path, retention_days=7, cleanup_batch_size=10) as manager:
+            start.wait(timeout=60)  # all cleaners begin together, each with the file open
+            return await manager.cleanup_inactive_sessions()
+
+    try:
+        results.put(("deleted", asyncio.run(clean())))
+    except Exception as exc:  # reported, and asserted to be absent
+        results.put(("error", repr(exc)))
+
+
+async def _write_idle_and_live(db_path: str) -> None:
+    month_ago = utc_now() - timedelta(days=30)
+    for n in range(IDLE_SESSIONS):
+        with AgentSession(f"idle{n}", "c", db_path=db_path, clock=lambda: month_ago) as session:
+            await session.add_items([{"role": "user", "content": f"idle {n}"}, *turn_items(str(n))])
+    with AgentSession("live", "c", db_path=db_path) as session:
+        await session.add_items([{"role": "user", "content": "live"}])
+
+
+def test_several_processes_cleaning_up_at_once_delete_each_session_once(tmp_path: Path) -> None:
+    db_path = str(tmp_path / "shared.db")
+    asyncio.run(_write_idle_and_live(db_path))
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(CLEANERS), context.Queue()
+    cleaners = [
+        context.Process(target=cleaner_main, args=(db_path, start, results))
+        for _ in range(CLEANERS)
+    ]
+    for process in cleaners:
+        process.start()
+    outcome = [results.get(timeout=120) for _ in cleaners]
+    for process in cleaners:
+        process.join(timeout=30)
+        assert process.exitcode == 0
+    assert [kind for kind, _ in outcome] == ["deleted"] * CLEANERS, outcome
+    assert sum(count for _, count in outcome) == IDLE_SESSIONS, outcome
+    with closing(sqlite3.connect(db_path)) as conn:
+        sessions = conn.execute("SELECT session_id FROM agent_sessions").fetchall()
+        owners = conn.execute("SELECT DISTINCT session_id FROM agent_messages").fetchall()
+        (check,) = conn.execute("PRAGMA integrity_check").fetchone()
+    assert sessions == owners == [("user_live_conv_c",)]
+    assert check == "ok"
