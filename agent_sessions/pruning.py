@@ -143,6 +143,23 @@ def outputs_needing_stored_calls(batch: Sequence[Item]) -> dict[str, list[int]]:
     return needing
 
 
+def user_message_before_output(batch: Sequence[Item]) -> bool:
+    """Whether a tool output or approval response in ``batch`` follows a user message in it.
+
+    Only then can the batch answer a call after a later user message (see
+    ``late_call_index``), unless such a message is already stored after the call.
+    """
+    seen_user = False
+    for item in batch:
+        if is_user_message(item):
+            seen_user = True
+        elif seen_user:
+            half = pairing(item)
+            if half is not None and not half[0]:
+                return True
+    return False
+
+
 def cut_index(items: Sequence[Item | None], max_items: int) -> int:
     """Index of the first item to keep when bounding ``items`` to ``max_items``.
 

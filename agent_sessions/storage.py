@@ -33,7 +33,7 @@ from .errors import (
     StorageFullError,
     StorageUnavailableError,
 )
-from .ids import parse_session_id
+from .ids import legacy_owner
 from .pruning import (
     Item,
     cut_index,
@@ -41,6 +41,7 @@ from .pruning import (
     late_call_index,
     outputs_needing_stored_calls,
     pairing,
+    user_message_before_output,
 )
 
 logger = logging.getLogger("agent_sessions")
@@ -325,7 +326,7 @@ def _adopt_sdk_tables(conn: sqlite3.Connection) -> None:
     rows = conn.execute(f"SELECT session_id FROM {SESSIONS_TABLE} WHERE user_id IS NULL").fetchall()
     owners = []
     for (session_id,) in rows:
-        parsed = parse_session_id(session_id) if isinstance(session_id, str) else None
+        parsed = legacy_owner(session_id) if isinstance(session_id, str) else None
         if parsed is not None:
             owners.append((parsed[0], parsed[1], session_id))
     conn.executemany(
@@ -367,15 +368,36 @@ def _adopt_sdk_tables(conn: sqlite3.Connection) -> None:
 
 
 def _add_late_call_row(conn: sqlite3.Connection) -> None:
-    # Row id of the oldest stored call whose output arrived after a later user message, or
-    # NULL: while set, prune() must choose its cut on the whole history (see prune()).
+    # What prune() knows of calls answered after a later user message; see LATE_CALL_NONE.
     if "late_call_row" not in _columns(conn, SESSIONS_TABLE):
         conn.execute(f"ALTER TABLE {SESSIONS_TABLE} ADD COLUMN late_call_row INTEGER")
+
+
+def _recheck_after_sdk_writes(conn: sqlite3.Connection) -> None:
+    # Since version 3 NULL means "not known" rather than "none": every session is re-checked
+    # once by prune(), and a plain SQLiteSession's write (it bumps updated_at and knows
+    # nothing of late_call_row) makes its session be re-checked again.
+    conn.execute(f"DROP TRIGGER IF EXISTS {SESSIONS_TABLE}_sdk_touch")
+    conn.execute(
+        f"""CREATE TRIGGER {SESSIONS_TABLE}_sdk_touch
+            AFTER UPDATE OF updated_at ON {SESSIONS_TABLE}
+            BEGIN
+                UPDATE {SESSIONS_TABLE} SET
+                    last_activity_ts = max(
+                        coalesce(last_activity_ts, 0),
+                        coalesce({_SDK_TEXT_TO_TS.format(col="NEW.updated_at")}, {_NOW_TS})),
+                    late_call_row = NULL
+                WHERE session_id = NEW.session_id;
+            END"""
+    )
 
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "adopt the SDK tables; add owner and activity columns", _adopt_sdk_tables),
     Migration(2, "remember calls answered after a later user message", _add_late_call_row),
+    Migration(
+        3, "re-check sessions for late answers, also after SDK writes", _recheck_after_sdk_writes
+    ),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
@@ -582,11 +604,14 @@ PRUNE_STATE = (
     f"SELECT (SELECT COUNT(*) FROM {MESSAGES_TABLE} WHERE session_id = ?), "
     f"(SELECT late_call_row FROM {SESSIONS_TABLE} WHERE session_id = ?)"
 )
+LATE_CALL_NONE = 0
+"""``late_call_row`` when the session is known to hold no call answered after a later user
+message: then the first user message in the kept window is always a valid cut. ``NULL`` means
+not known (a new or adopted session, one a plain SQLiteSession wrote to, or a write that may
+have stored such a pair); a row id names the oldest such call. Either way prune() decodes the
+whole session and sets it again."""
 SET_LATE_CALL_ROW = f"UPDATE {SESSIONS_TABLE} SET late_call_row = ? WHERE session_id = ?"
-NOTE_LATE_CALL_ROW = (
-    f"UPDATE {SESSIONS_TABLE} SET late_call_row = min(coalesce(late_call_row, ?), ?) "
-    "WHERE session_id = ?"
-)
+FORGET_LATE_CALL_ROW = f"UPDATE {SESSIONS_TABLE} SET late_call_row = NULL WHERE session_id = ?"
 DELETE_ROWS_BEFORE = f"DELETE FROM {MESSAGES_TABLE} WHERE session_id = ? AND id < ?"
 DELETE_ROW = f"DELETE FROM {MESSAGES_TABLE} WHERE id = ?"
 DELETE_SESSION_ROWS = f"DELETE FROM {MESSAGES_TABLE} WHERE session_id = ?"
@@ -641,9 +666,9 @@ def prune(conn: sqlite3.Connection, session_id: str, max_items: int) -> int:
 
     Runs inside the caller's transaction. Usually it decodes only a few rows: the first user
     message in the newest ``max_items`` rows is the cut. The whole session is decoded and
-    ``pruning.cut_index`` applied only when there is no such message, or while the session
-    holds a call answered after a later user message (``late_call_row``), where a user
-    message may not be a valid cut.
+    ``pruning.cut_index`` applied when there is no such message, or unless the session is
+    known to hold no call answered after a later user message (``LATE_CALL_NONE``): such a
+    user message may not be a valid cut.
 
     Returns:
         The number of rows deleted.
@@ -652,7 +677,7 @@ def prune(conn: sqlite3.Connection, session_id: str, max_items: int) -> int:
     if count <= max_items:
         return 0
     cut_row_id: int | None = None
-    if late_call_row is None:
+    if late_call_row == LATE_CALL_NONE:
         window = conn.execute(SELECT_ROWS_FROM_OFFSET, (session_id, count - max_items))
         try:
             for row_id, data in window:  # stepped lazily: usually only a few rows are read
@@ -667,7 +692,8 @@ def prune(conn: sqlite3.Connection, session_id: str, max_items: int) -> int:
     items = [decode_item(data) for _, data in rows]
     cut = cut_index(items, max_items)
     late = late_call_index(items[cut:])
-    conn.execute(SET_LATE_CALL_ROW, (None if late is None else rows[cut + late][0], session_id))
+    late_row = LATE_CALL_NONE if late is None else rows[cut + late][0]
+    conn.execute(SET_LATE_CALL_ROW, (late_row, session_id))
     if cut == 0:
         return 0
     return int(conn.execute(DELETE_ROWS_BEFORE, (session_id, rows[cut][0])).rowcount)
@@ -699,6 +725,9 @@ def append_items(
     """
     conn.execute(UPSERT_SESSION, (key.session_id, key.user_id, key.conversation_id, now, now))
     rows = list(zip(items, payloads, strict=True))
+    # Any call this batch answers after a later user message makes prune() check the whole
+    # session; a user message before an output in the batch is enough to ask for that.
+    may_answer_late = user_message_before_output(items)
     needing = outputs_needing_stored_calls(items)
     if needing:
         found = _find_stored_calls(conn, key.session_id, set(needing))
@@ -713,10 +742,9 @@ def append_items(
                 ", ".join(sorted(orphans)),
             )
             rows = [row for position, row in enumerate(rows) if position not in dropped]
-        if found.late_call_row is not None:
-            conn.execute(
-                NOTE_LATE_CALL_ROW, (found.late_call_row, found.late_call_row, key.session_id)
-            )
+        may_answer_late = may_answer_late or found.answered_after_user
+    if may_answer_late:
+        conn.execute(FORGET_LATE_CALL_ROW, (key.session_id,))
     conn.executemany(INSERT_ROW, [(key.session_id, payload) for _, payload in rows])
     return prune(conn, key.session_id, max_items)
 
@@ -725,14 +753,14 @@ def append_items(
 class _StoredCalls:
     call_rows: dict[str, int]
     """Row id of the newest stored call for each key found."""
-    late_call_row: int | None
-    """The oldest of those calls that has a user message after it, if any."""
+    answered_after_user: bool
+    """Whether a stored user message follows one of those calls."""
 
 
 def _find_stored_calls(conn: sqlite3.Connection, session_id: str, keys: set[str]) -> _StoredCalls:
     """Look up the stored calls of ``keys``, newest rows first, stopping once all are found."""
     found: dict[str, int] = {}
-    late: int | None = None
+    late = False
     user_after = False
     cursor = conn.execute(SELECT_NEWEST_ROWS, (session_id, -1))
     try:
@@ -743,8 +771,7 @@ def _find_stored_calls(conn: sqlite3.Connection, session_id: str, keys: set[str]
             half = pairing(item)
             if half is not None and half[0] and half[1] in keys and half[1] not in found:
                 found[half[1]] = row_id
-                if user_after:
-                    late = row_id if late is None else min(late, row_id)
+                late = late or user_after
                 if len(found) == len(keys):
                     break
     finally:
@@ -752,12 +779,19 @@ def _find_stored_calls(conn: sqlite3.Connection, session_id: str, keys: set[str]
     return _StoredCalls(found, late)
 
 
-SELECT_EXISTING_SESSION = f"SELECT 1 FROM {SESSIONS_TABLE} WHERE session_id = ?"
+SELECT_SESSION_OWNER = f"SELECT user_id, conversation_id FROM {SESSIONS_TABLE} WHERE session_id = ?"
 
 
-def session_exists(conn: sqlite3.Connection, session_id: str) -> bool:
-    """Whether a session row with this id is stored."""
-    return conn.execute(SELECT_EXISTING_SESSION, (session_id,)).fetchone() is not None
+def session_owner(
+    conn: sqlite3.Connection, session_id: str
+) -> tuple[str | None, str | None] | None:
+    """The stored owner of a session, or ``None`` if no session row has this id.
+
+    Returns:
+        ``(user_id, conversation_id)``, each ``None`` where the owner is not known.
+    """
+    row = conn.execute(SELECT_SESSION_OWNER, (session_id,)).fetchone()
+    return None if row is None else (row[0], row[1])
 
 
 def pop_newest(conn: sqlite3.Connection, session_id: str, now: float) -> Item | None:

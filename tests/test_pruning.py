@@ -22,6 +22,7 @@ unstructured sequences below generate on purpose.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import sqlite3
@@ -33,7 +34,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent_sessions import pruning, storage
+from agent_sessions import AgentSession, pruning, storage
 
 Item = dict[str, Any]
 Entry = Item | None
@@ -199,6 +200,15 @@ def reference_cut(items: Sequence[Entry], n: int, safe: set[int] | None = None) 
         safe = reference_safe_starts(items)
     candidates = [start for start in safe if total - start <= n]
     return min(candidates) if candidates else 0
+
+
+def answered_after_user(items: Sequence[Entry]) -> bool:
+    """Whether some output follows its call with a user message between them."""
+    return any(
+        _pair(items, c, o) and any(_is_user(items[u]) for u in range(c + 1, o))
+        for o in range(len(items))
+        for c in range(o)
+    )
 
 
 def orphaned_outputs(items: Sequence[Entry]) -> list[int]:
@@ -434,6 +444,10 @@ def test_storage_prune_keeps_exactly_the_cut_index_suffix(
             conn.execute(storage.INSERT_ROW, (session_id, payload))
             if neighbour_every and position % neighbour_every == 0:
                 conn.execute(storage.INSERT_ROW, (neighbour, json.dumps(assistant(str(position)))))
+        # The state add_items keeps: known to hold no late answer (prune may take its fast
+        # path), or not known.
+        known_none = storage.LATE_CALL_NONE if not answered_after_user(items) else None
+        conn.execute(storage.SET_LATE_CALL_ROW, (known_none, session_id))
     neighbour_before = stored_texts(conn, neighbour)
 
     with storage.write_transaction(conn):
@@ -447,6 +461,106 @@ def test_storage_prune_keeps_exactly_the_cut_index_suffix(
     )
     assert deleted == cut, f"prune reported {deleted} rows deleted, cut_index drops {cut}"
     assert stored_texts(conn, neighbour) == neighbour_before, "another session's rows changed"
+
+
+# --- AgentSession.add_items, batch by batch, against the reference -------------------------
+
+BATCH_TOKENS = st.one_of(
+    st.tuples(st.sampled_from(["call", "out", "req", "resp"]), st.integers(0, 3)),
+    st.sampled_from(["user", "user", "assistant", "reasoning", "hosted"]),
+)
+
+
+def _from_token(token: object, position: int) -> Item:
+    if isinstance(token, tuple):
+        half, number = token
+        builders = {"call": call, "out": output, "req": approval_request, "resp": approval_response}
+        return builders[half](f"k{number}")
+    return {
+        "user": user_msg(f"u{position}"),
+        "assistant": assistant(str(position)),
+        "reasoning": reasoning(str(position)),
+        "hosted": hosted(str(position)),
+    }[str(token)]
+
+
+def reference_append(stored: list[Entry], batch: list[Item], n: int) -> list[Entry]:
+    """What ``add_items`` must leave: the batch without outputs whose call is neither earlier in
+    the batch nor stored (they would be orphans), then the reference cut."""
+    stored_calls = {_call_key(entry) for entry in stored} - {None}
+    kept_batch: list[Entry] = []
+    for position, item in enumerate(batch):
+        key = _output_key(item)
+        called = key in stored_calls or any(_call_key(e) == key for e in batch[:position])
+        if key is None or called:
+            kept_batch.append(item)
+    history = stored + kept_batch
+    return history[reference_cut(history, n) :]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    batches=st.lists(st.lists(BATCH_TOKENS, min_size=1, max_size=4), min_size=1, max_size=12),
+    n=st.integers(1, 6),
+)
+def test_add_items_keeps_what_the_reference_keeps_batch_by_batch(
+    tmp_path_factory: pytest.TempPathFactory, batches: list[list[object]], n: int
+) -> None:
+    # The fast path of storage.prune (cut at the first user message in the window) is only
+    # valid while no call is answered after a later user message; batches here put user
+    # messages between calls and outputs, within one batch and across batches.
+    db_path = tmp_path_factory.getbasetemp() / "batches.db"
+    expected: list[Entry] = []
+    position = itertools.count()
+
+    async def replay() -> list[Entry]:
+        with AgentSession("u", f"c{next(_session_numbers)}", db_path=db_path, max_messages=n) as s:
+            for tokens in batches:
+                batch = [_from_token(token, next(position)) for token in tokens]
+                nonlocal expected
+                expected = reference_append(expected, batch, n)
+                await s.add_items(batch)
+                stored: list[Entry] = list(await s.get_items())
+                assert stored == expected, f"max_messages={n}, after batch {batch}"
+            return stored
+
+    asyncio.run(replay())
+
+
+def test_a_late_answer_within_one_batch_is_not_cut_from_its_call(tmp_path: Path) -> None:
+    # Regression: the user message between the call and its output arrived in the same batch
+    # as the output, so nothing told prune() to look past the first user message.
+    async def write(batches: list[list[Item]]) -> list[Any]:
+        with AgentSession("u", "c", db_path=tmp_path / f"{len(batches)}.db", max_messages=2) as s:
+            for batch in batches:
+                await s.add_items(batch)
+            return await s.get_items()
+
+    late = [user_msg("u0"), call("c1"), user_msg("u1"), output("c1")]
+    assert asyncio.run(write([late])) == late
+    assert asyncio.run(write([late[:2], late[2:]])) == late
+
+
+def test_a_late_answer_written_by_a_plain_sqlite_session_is_not_cut(tmp_path: Path) -> None:
+    from agents import SQLiteSession
+
+    db_path = tmp_path / "mixed.db"
+
+    async def scenario() -> list[Any]:
+        with AgentSession("u", "c", db_path=db_path, max_messages=3) as ours:
+            for batch in ([user_msg("u0")], [assistant("a0")], [user_msg("u1")], [call("c1")]):
+                await ours.add_items(batch)  # the 4th write prunes: the session is checked
+            assert await ours.get_items() == [user_msg("u1"), call("c1")]
+            sdk = SQLiteSession(ours.session_id, db_path)
+            try:
+                await sdk.add_items([user_msg("u2"), output("c1")])  # bypasses our bookkeeping
+            finally:
+                sdk.close()
+            await ours.add_items([assistant("a2")])
+            return await ours.get_items()
+
+    stored = asyncio.run(scenario())
+    assert stored == [user_msg("u1"), call("c1"), user_msg("u2"), output("c1"), assistant("a2")]
 
 
 # --- the rule in examples -------------------------------------------------------------------
