@@ -17,9 +17,10 @@ from urllib.parse import unquote
 from .errors import InvalidArgumentError, InvalidIdentifierError
 
 MAX_ID_LENGTH = 128
+"""Longest user or conversation id accepted, in characters."""
+
 MAX_COUNT = 2**62
 """Upper bound of every count and limit: they are bound as 64-bit signed SQLite integers."""
-"""Longest user or conversation id accepted, in characters."""
 
 _SAFE = frozenset(string.ascii_letters + string.digits + ".@+-")
 _DERIVED = re.compile(r"user_([A-Za-z0-9.@+%-]+)_conv_([A-Za-z0-9.@+%-]+)")
@@ -81,26 +82,24 @@ def get_session_id(user_id: str | uuid.UUID, conversation_id: str | uuid.UUID) -
     return f"user_{_encode(user)}_conv_{_encode(conversation)}"
 
 
-def parse_session_id(session_id: str) -> tuple[str, str] | None:
-    """Recover ``(user_id, conversation_id)`` from a session id, or ``None`` if ambiguous.
-
-    Ids made by ``get_session_id`` always parse. Older ids written by hand as
-    ``f"user_{u}_conv_{c}"`` parse when ``_conv_`` occurs exactly once after ``user_``
-    (overlapping occurrences count) and both parts are valid ids; any other id yields ``None``
-    (it keeps working by its session id).
-    """
+def _derived_pair(session_id: str) -> tuple[str, str] | None:
+    """The pair ``get_session_id`` maps to ``session_id``, if it is one of its ids."""
     derived = _DERIVED.fullmatch(session_id)
-    if derived is not None:
-        user, conversation = unquote(derived[1]), unquote(derived[2])
-        try:
-            if get_session_id(user, conversation) == session_id:
-                return user, conversation
-        except InvalidIdentifierError:
-            pass
+    if derived is None:
+        return None
+    user, conversation = unquote(derived[1]), unquote(derived[2])
+    try:
+        return (user, conversation) if get_session_id(user, conversation) == session_id else None
+    except InvalidIdentifierError:
+        return None
+
+
+def _literal_pair(session_id: str) -> tuple[str, str] | None:
+    """The pair ``f"user_{u}_conv_{c}"`` was written from, if only one could have been."""
     if not session_id.startswith("user_"):
         return None
     # Every marker after the prefix, overlapping ones included: more than one means the id
-    # could have been written from more than one pair, so it is not attributed.
+    # could have been written from more than one pair.
     splits = [
         at for at in range(len("user_"), len(session_id)) if session_id.startswith("_conv_", at)
     ]
@@ -113,6 +112,30 @@ def parse_session_id(session_id: str) -> tuple[str, str] | None:
         )
     except InvalidIdentifierError:
         return None
+
+
+def parse_session_id(session_id: str) -> tuple[str, str] | None:
+    """Recover ``(user_id, conversation_id)`` from a session id, or ``None`` if ambiguous.
+
+    Ids made by ``get_session_id`` always parse. Older ids written by hand as
+    ``f"user_{u}_conv_{c}"`` parse when ``_conv_`` occurs exactly once after ``user_``
+    (overlapping occurrences count) and both parts are valid ids; any other id yields ``None``
+    (it keeps working by its session id).
+    """
+    return _derived_pair(session_id) or _literal_pair(session_id)
+
+
+def legacy_owner(session_id: str) -> tuple[str, str] | None:
+    """The pair an id written without this library belongs to, or ``None`` if unsure.
+
+    Used to attribute the sessions of an adopted ``SQLiteSession`` database, whose ids were
+    built by hand as ``f"user_{u}_conv_{c}"``. Unlike ``parse_session_id`` it refuses an id
+    that is also ``get_session_id`` of a different pair: ``user_a%5Fb_conv_c`` was written
+    for user ``a%5Fb`` by hand, or is the id of user ``a_b``, so it belongs to neither.
+    """
+    literal = _literal_pair(session_id)
+    derived = _derived_pair(session_id)
+    return None if derived is not None and derived != literal else literal
 
 
 def positive_int(value: object, what: str, *, minimum: int = 1, maximum: int = MAX_COUNT) -> int:

@@ -18,12 +18,12 @@ from agents.memory.session_settings import coerce_session_settings, resolve_sess
 from . import storage
 from .clock import Clock, now_timestamp, utc_now
 from .engine import Engine, EngineClosed, registry
-from .errors import AgentSessionsError, SessionClosedError
+from .errors import AgentSessionsError, InvalidIdentifierError, SessionClosedError
 from .ids import (
     get_session_id,
+    legacy_owner,
     normalize_identifier,
     optional_limit,
-    parse_session_id,
     positive_int,
 )
 from .settings import AgentSessionSettings, get_settings, resolve_setting
@@ -108,25 +108,38 @@ class AgentSession(SQLiteSession):
         # bad path fail at construction, naming it.
         self._memory = Engine(":memory:") if self.db_path == ":memory:" else None
         if self._memory is None:
-            self._adopt_legacy_id(registry.get(str(self.db_path)))
+            self._claim_session_id(registry.get(str(self.db_path)))
 
-    def _adopt_legacy_id(self, engine: Engine) -> None:
-        # Apps that built ids by hand as f"user_{u}_conv_{c}" wrote them unencoded. Where that
-        # differs from ours (ids with "_", "|", spaces...) and only the hand-built one is
-        # stored, keep using it, so the conversation's history is not left behind. Ambiguous
-        # hand-built ids (parse_session_id gives another pair) are never taken over.
-        legacy = f"user_{self.user_id}_conv_{self.conversation_id}"
-        if legacy == self.session_id or parse_session_id(legacy) != (
-            self.user_id,
-            self.conversation_id,
-        ):
+    def _claim_session_id(self, engine: Engine) -> None:
+        # Only ids with a percent-escape need a look at the file: one of them may also be the
+        # hand-built id of another pair in an adopted SQLiteSession database
+        # (user_a%5Fb_conv_c for user "a%5Fb"), and such a pair's own hand-built id
+        # (user_a_b_conv_c) may hold its history.
+        if "%" not in self.session_id:
             return
+        mine = (self.user_id, self.conversation_id)
+        legacy = f"user_{self.user_id}_conv_{self.conversation_id}"
         with storage.translate_errors(self.db_path):
-            if storage.session_exists(engine.conn, legacy) and not storage.session_exists(
-                engine.conn, self.session_id
+            owner = storage.session_owner(engine.conn, self.session_id)
+            if owner == mine:
+                return
+            # Apps that built ids by hand wrote them unencoded: keep using such an id, so
+            # the conversation's history is not left behind. Ambiguous hand-built ids
+            # (another pair could have written them) are never taken over.
+            if (
+                legacy_owner(legacy) == mine
+                and storage.session_owner(engine.conn, legacy) is not None
             ):
                 self.session_id = legacy
                 self._key = storage.SessionKey(legacy, self.user_id, self.conversation_id)
+                return
+        if owner is not None:
+            raise InvalidIdentifierError(
+                f"session id {self.session_id!r} of user {self.user_id!r}, conversation "
+                f"{self.conversation_id!r} is held in {str(self.db_path)!r} by a session "
+                f"adopted from a plain SQLiteSession whose owner is {_owner_text(owner)}; "
+                "it is not opened for this pair (open it by session id to read it)"
+            )
 
     # --- the Session protocol ---
 
@@ -284,3 +297,9 @@ def get_agent_session(
         max_messages=settings.max_messages,
         settings=settings,
     )
+
+
+def _owner_text(owner: tuple[str | None, str | None]) -> str:
+    if owner[0] is None:
+        return "not known"
+    return f"user {owner[0]!r}, conversation {owner[1]!r}"

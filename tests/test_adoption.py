@@ -14,7 +14,13 @@ from typing import Any
 
 import pytest
 
-from agent_sessions import AgentSession, SessionManager, StorageError, storage
+from agent_sessions import (
+    AgentSession,
+    InvalidIdentifierError,
+    SessionManager,
+    StorageError,
+    storage,
+)
 from tests.conftest import FakeClock
 from tests.items import assistant, user
 
@@ -347,3 +353,32 @@ async def test_hand_built_ids_with_underscores_keep_their_history(tmp_path: Path
     async with SessionManager(path, max_messages=100, retention_days=7) as manager:
         listed = [s.session_id for s in await manager.list_sessions("ada_lovelace")]
     assert listed == ["user_ada_lovelace_conv_trip-1"]
+
+
+async def test_an_id_with_two_readings_is_not_handed_to_either_pair(tmp_path: Path) -> None:
+    # "user_a%5Fb_conv_c" is what an app that built ids by hand wrote for user "a%5Fb", and
+    # also get_session_id("a_b", "c"): whoever wrote it, the other must never read it.
+    from agents import SQLiteSession
+
+    path = tmp_path / "legacy.db"
+    for session_id in ("user_a%5Fb_conv_c", "user_a_b_conv_c"):
+        legacy = SQLiteSession(session_id, path)
+        await legacy.add_items([user(f"written as {session_id}")])  # type: ignore[list-item]
+        legacy.close()
+    async with SessionManager(path, max_messages=100, retention_days=7) as manager:
+        owners = {
+            s.session_id: (s.user_id, s.conversation_id) for s in await manager.list_sessions()
+        }
+    assert owners == {"user_a%5Fb_conv_c": (None, None), "user_a_b_conv_c": ("a_b", "c")}
+    with AgentSession("a_b", "c", db_path=path) as session:
+        assert session.session_id == "user_a_b_conv_c"  # its own hand-built id
+        assert await session.get_items() == [user("written as user_a_b_conv_c")]
+    with AgentSession("a%5Fb", "c", db_path=path) as session:
+        assert await session.get_items() == []  # its hand-built id is ambiguous: not taken
+
+    execute(path, "DELETE FROM agent_sessions WHERE session_id = 'user_a_b_conv_c'")
+    with pytest.raises(InvalidIdentifierError, match=r"user_a%5Fb_conv_c.*owner is not known"):
+        AgentSession("a_b", "c", db_path=path)
+    assert query(
+        path, "SELECT COUNT(*) FROM agent_messages WHERE session_id = ?", ("user_a%5Fb_conv_c",)
+    ) == [(1,)]

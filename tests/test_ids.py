@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent_sessions import AgentSession, AgentSessionsError, InvalidIdentifierError
-from agent_sessions.ids import MAX_ID_LENGTH, get_session_id, parse_session_id
+from agent_sessions.ids import MAX_ID_LENGTH, get_session_id, legacy_owner, parse_session_id
 
 Ident = str | uuid.UUID
 
@@ -362,3 +362,46 @@ def test_generated_pairs_are_isolated_on_one_file(
     else:
         assert seen_by_first == [both[0]], f"{first!r} sees {seen_by_first}"
         assert seen_by_second == [both[1]], f"{second!r} sees {seen_by_second}"
+
+
+# --- owners of adopted ids ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("session_id", "expected"),
+    [
+        ("user_42_conv_abc", ("42", "abc")),
+        ("user_my_user_conv_chat", ("my_user", "chat")),
+        ("user_auth0|x_conv_c9", ("auth0|x", "c9")),
+        ("user_a%zz_conv_b", ("a%zz", "b")),  # no encoded reading: the literal one
+        ("user_a%5Fb_conv_c", None),  # hand-built for "a%5Fb", or ours for "a_b"
+        ("user_100%25_conv_x", None),  # "100%25", or ours for "100%"
+        ("user_a_conv_b_conv_c", None),
+        ("legacy-free-form-id", None),
+    ],
+)
+def test_legacy_owner(session_id: str, expected: tuple[str, str] | None) -> None:
+    assert legacy_owner(session_id) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.tuples(identifiers, identifiers).map(lambda p: f"user_{p[0]}_conv_{p[1]}"),
+        st.tuples(identifiers, identifiers).map(
+            lambda p: get_session_id(*p) if all(map(is_valid, p)) else ""
+        ),
+        st.lists(st.sampled_from(PIECES), max_size=14).map("".join),
+    )
+)
+def test_legacy_owner_never_names_a_pair_whose_id_is_another(session_id: str) -> None:
+    owner = legacy_owner(session_id)
+    if owner is None:
+        return
+    assert session_id == f"user_{owner[0]}_conv_{owner[1]}", (session_id, owner)
+    # If the id is also get_session_id of some pair, that pair is the owner itself.
+    head, _, tail = session_id.removeprefix("user_").partition("_conv_")
+    if DERIVED_SHAPE.fullmatch(session_id):
+        decoded = (unquote(head), unquote(tail))
+        if all(map(is_valid, decoded)) and get_session_id(*decoded) == session_id:
+            assert decoded == owner, f"{session_id!r}: owner {owner!r}, but ours for {decoded!r}"
