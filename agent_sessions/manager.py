@@ -104,7 +104,8 @@ class SessionManager:
             clock: Returns the current aware datetime; idleness is measured against it.
             cleanup_batch_size: Sessions deleted by the first cleanup transaction.
             create: Create the database (and its folder) if it does not exist; with
-                ``False`` a missing file raises ``StorageUnavailableError`` instead.
+                ``False`` a missing file, or one without session tables, raises
+                ``StorageUnavailableError`` and is left as it was.
 
         Raises:
             InvalidArgumentError: if a number is not a positive integer, or ``db_path`` is not
@@ -159,7 +160,7 @@ class SessionManager:
         if not self._create and not os.path.exists(self.db_path):
             raise StorageUnavailableError(f"no database at {self.db_path!r}", path=self.db_path)
         path = storage.prepare_path(self.db_path)
-        storage.connect(path).close()
+        storage.connect(path, create=self._create).close()
         return path
 
     async def _use(

@@ -168,8 +168,19 @@ def configure_connection(conn: sqlite3.Connection) -> None:
         conn.execute(pragma)
 
 
-def connect(db_path: str | Path) -> sqlite3.Connection:
-    """Open a configured, migrated connection (used by the CLI and tooling).
+SELECT_SESSION_TABLES = (
+    "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN "
+    f"('{SESSIONS_TABLE}', '{MESSAGES_TABLE}')"
+)
+
+
+def connect(db_path: str | Path, *, create: bool = True) -> sqlite3.Connection:
+    """Open a configured, migrated connection (used by the manager, the CLI and tooling).
+
+    Args:
+        db_path: The database file.
+        create: Add the session tables to a database that has none. With ``False`` such a
+            database (an empty file, some other app's) is refused and left untouched.
 
     Raises:
         StorageError: (a subclass) naming the path if it cannot be opened or migrated.
@@ -179,6 +190,12 @@ def connect(db_path: str | Path) -> sqlite3.Connection:
         conn = sqlite3.connect(text, check_same_thread=False)
         try:
             configure_connection(conn)
+            if not create and conn.execute(SELECT_SESSION_TABLES).fetchone()[0] == 0:
+                raise StorageUnavailableError(
+                    f"database {text!r} holds no sessions (no {SESSIONS_TABLE} or "
+                    f"{MESSAGES_TABLE} table); it was left as it was",
+                    path=text,
+                )
             migrate(conn)  # first: a file we refuse is left exactly as it was, not WAL
             enable_wal(conn)
         except BaseException:

@@ -538,6 +538,25 @@ def test_a_missing_database_is_reported_not_created(
     assert not missing.parent.exists(), "the CLI created folders for a database it did not find"
 
 
+def test_a_database_without_sessions_is_reported_and_left_untouched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other_app = tmp_path / "app.db"
+    with closing(sqlite3.connect(other_app)) as conn, conn:
+        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    for path in (other_app, empty):
+        before = path.read_bytes()
+        for command in (["stats"], ["list"], ["cleanup"], ["prune", "--all"], ["daemon"]):
+            assert main(["--db", str(path), *command], out=io.StringIO()) == 1, command
+            err = capsys.readouterr().err
+            assert "holds no sessions" in err, (command, err)
+            assert str(path) in err, (command, err)
+        assert path.read_bytes() == before, f"{path.name} was changed"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db", "empty.db"]
+
+
 def test_a_database_path_with_a_tilde_is_the_same_file_everywhere(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
