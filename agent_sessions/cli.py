@@ -54,6 +54,13 @@ def _integer(minimum: int, maximum: int = MAX_COUNT) -> Callable[[str], int]:
     return parse
 
 
+def _database_path(text: str) -> Path:
+    # Path("") is the working directory: an empty --db is a mistake, not a folder to open.
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the database path must not be empty")
+    return Path(text)
+
+
 _positive = _integer(1)
 _non_negative = _integer(0)
 _retention_days = _integer(1, MAX_RETENTION_DAYS)
@@ -68,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--db",
         metavar="PATH",
-        type=Path,
+        type=_database_path,
         help="SQLite database (default: AGENT_SESSION_DB_PATH or ./data/agent_sessions.db)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

@@ -10,6 +10,7 @@ Every error the library raises on purpose derives from one base, so an app can c
     │   └── InvalidItemError                         an item cannot be stored as JSON
     ├── SessionNotFoundError      (also LookupError) no session has that id
     ├── SessionClosedError        (also RuntimeError) the session or manager was closed
+    ├── SchedulerError            (also RuntimeError) the cleanup scheduler cannot start
     └── StorageError                                 the database failed
         ├── StorageUnavailableError                  the file cannot be opened or written
         ├── StorageBusyError                         the database stayed locked too long
@@ -53,6 +54,10 @@ class SessionNotFoundError(AgentSessionsError, LookupError):
 
 class SessionClosedError(AgentSessionsError, RuntimeError):
     """The session or manager was used after ``close()``."""
+
+
+class SchedulerError(AgentSessionsError, RuntimeError):
+    """The cleanup scheduler cannot be started (e.g. no event loop is running)."""
 
 
 class StorageError(AgentSessionsError):

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from . import storage
 from .clock import Clock, as_utc, from_timestamp, now_timestamp, to_timestamp, utc_now
 from .errors import (
+    InvalidArgumentError,
     InvalidIdentifierError,
     SessionClosedError,
     SessionNotFoundError,
@@ -109,9 +110,15 @@ class SessionManager:
 
         Raises:
             InvalidArgumentError: if a number is not a positive integer, or ``db_path`` is not
-                a path.
+                a file path (``":memory:"`` included).
         """
         self.db_path = storage.database_path(resolve_setting(db_path, "db_path", settings))
+        if self.db_path == ":memory:":
+            # Each connection to ":memory:" is a new, empty database: none of the sessions.
+            raise InvalidArgumentError(
+                "SessionManager needs a database file; ':memory:' would be an empty database "
+                "of its own"
+            )
         self.max_messages = positive_int(
             resolve_setting(max_messages, "max_messages", settings), "max_messages"
         )

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from .errors import SessionClosedError
+from .errors import SchedulerError, SessionClosedError
 from .manager import SessionManager
 from .settings import AgentSessionSettings, get_settings
 
@@ -75,11 +75,20 @@ def start_cleanup_scheduler(
 
     Returns:
         The scheduler; call ``scheduler.shutdown()`` on exit.
+
+    Raises:
+        SchedulerError: if the scheduler must be started and no event loop is running (it
+            was called from synchronous code); nothing is scheduled then.
     """
     settings = settings or get_settings()
     zone = ZoneInfo(settings.timezone)
     if scheduler is None:
         scheduler = AsyncIOScheduler(timezone=zone)
+    if not scheduler.running and not _has_event_loop(scheduler):
+        raise SchedulerError(
+            "start_cleanup_scheduler needs a running event loop to start the scheduler: call "
+            "it from async code (e.g. a FastAPI lifespan), or pass a started scheduler"
+        )
     scheduler.add_job(
         run_cleanup,
         trigger=CronTrigger(
@@ -96,6 +105,17 @@ def start_cleanup_scheduler(
     if not scheduler.running:
         scheduler.start()
     return scheduler
+
+
+def _has_event_loop(scheduler: AsyncIOScheduler) -> bool:
+    given = getattr(scheduler, "_eventloop", None)  # AsyncIOScheduler(event_loop=...)
+    if given is not None and not given.is_closed():
+        return True
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 async def run_daemon(

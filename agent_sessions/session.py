@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -18,7 +18,13 @@ from agents.memory.session_settings import coerce_session_settings, resolve_sess
 from . import storage
 from .clock import Clock, now_timestamp, utc_now
 from .engine import Engine, EngineClosed, registry
-from .errors import AgentSessionsError, InvalidIdentifierError, SessionClosedError
+from .errors import (
+    AgentSessionsError,
+    InvalidArgumentError,
+    InvalidIdentifierError,
+    InvalidItemError,
+    SessionClosedError,
+)
 from .ids import (
     get_session_id,
     legacy_owner,
@@ -72,9 +78,10 @@ class AgentSession(SQLiteSession):
             clock: Returns the current aware datetime; activity times are taken from it.
 
         Raises:
-            InvalidIdentifierError: if an id is unusable.
-            InvalidArgumentError: if ``max_messages`` is not a positive integer, or ``db_path``
-                is not a path.
+            InvalidIdentifierError: if an id is unusable, or its session id is held in an
+                adopted database by a session of another owner.
+            InvalidArgumentError: if ``max_messages`` is not a positive integer, ``db_path``
+                is not a path, or ``settings``/``session_settings`` are of the wrong type.
             StorageError: (a subclass) naming ``db_path`` if it cannot be opened.
         """
         user = normalize_identifier(user_id, "user_id")
@@ -85,9 +92,7 @@ class AgentSession(SQLiteSession):
         self.max_messages = positive_int(
             resolve_setting(max_messages, "max_messages", settings), "max_messages"
         )
-        path = storage.database_path(
-            db_path if db_path is not None else (settings or get_settings()).db_path
-        )
+        path = storage.database_path(resolve_setting(db_path, "db_path", settings))
         # SQLiteSession.__init__ is deliberately not called: it opens a connection and checks
         # the schema for every object (about 2 ms). The attributes it documents are set here
         # and every method it implements is overridden, on a shared connection instead.
@@ -95,11 +100,14 @@ class AgentSession(SQLiteSession):
         self.db_path = path
         self.sessions_table = storage.SESSIONS_TABLE
         self.messages_table = storage.MESSAGES_TABLE
-        self.session_settings = (
-            coerce_session_settings(session_settings)
-            if session_settings is not None
-            else SessionSettings()
-        )
+        try:
+            self.session_settings = (
+                coerce_session_settings(session_settings)
+                if session_settings is not None
+                else SessionSettings()
+            )
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgumentError(f"session_settings: {exc}") from exc
         self._clock: Clock = clock or utc_now
         self._key = storage.SessionKey(session_id, user, conversation)
         self._closed = False
@@ -172,12 +180,15 @@ class AgentSession(SQLiteSession):
         removed the waiting call) is left out with a warning: the model would reject it.
 
         Raises:
-            InvalidItemError: if an item is not a JSON-serialisable dict; nothing is written.
+            InvalidItemError: if ``items`` is not a list (or iterable) of JSON-serialisable
+                dicts; nothing is written.
             StorageError: (a subclass) if the database fails; nothing is written.
         """
         self._open_engine()
         if not items:
             return
+        if not isinstance(items, list):
+            items = _as_item_list(items)
         payloads = storage.encode_items(items)
         now = now_timestamp(self._clock)
         pruned = await self._call(
@@ -303,3 +314,9 @@ def _owner_text(owner: tuple[str | None, str | None]) -> str:
     if owner[0] is None:
         return "not known"
     return f"user {owner[0]!r}, conversation {owner[1]!r}"
+
+
+def _as_item_list(items: object) -> list[TResponseInputItem]:
+    if isinstance(items, dict | str | bytes) or not isinstance(items, Iterable):
+        raise InvalidItemError(f"items must be a list of items, not a {type(items).__name__}")
+    return list(items)

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, InvalidArgumentError
 from .ids import MAX_COUNT
 
 ENV_PREFIX = "AGENT_SESSION_"
@@ -85,6 +85,8 @@ def load_settings() -> AgentSessionSettings:
             for error in exc.errors()
         )
         raise ConfigurationError(f"invalid agent_sessions settings: {problems}") from exc
+    except (UnicodeDecodeError, OSError) as exc:  # a .env that is not UTF-8 text
+        raise ConfigurationError(f"cannot read agent_sessions settings from .env: {exc}") from exc
 
 
 @lru_cache(maxsize=1)
@@ -101,7 +103,14 @@ def resolve_setting(value: T | None, name: str, settings: AgentSessionSettings |
 
     ``settings`` defaults to ``get_settings()``, read only when a value is missing, so code
     given every argument explicitly never touches the environment.
+
+    Raises:
+        InvalidArgumentError: if ``settings`` is not an ``AgentSessionSettings``.
     """
+    if settings is not None and not isinstance(settings, AgentSessionSettings):
+        raise InvalidArgumentError(
+            f"settings must be an AgentSessionSettings, not {type(settings).__name__}"
+        )
     if value is not None:
         return value
     resolved: T = getattr(settings if settings is not None else get_settings(), name)

@@ -141,6 +141,8 @@ def prepare_path(db_path: str | Path) -> str:
         is_folder = path.is_dir()
     except (OSError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if isinstance(exc, FileExistsError | NotADirectoryError):
+            reason = "a folder on the path is a file"
         raise StorageUnavailableError(
             f"cannot use {text!r} as a database path: {reason}", path=text
         ) from exc

@@ -24,6 +24,7 @@ from agent_sessions import (
     AgentSession,
     AgentSessionSettings,
     InvalidArgumentError,
+    SchedulerError,
     SessionManager,
     SessionNotFoundError,
     start_cleanup_scheduler,
@@ -528,3 +529,11 @@ async def test_run_daemon_with_stop_already_set_returns(db_path: Path) -> None:
     stop = asyncio.Event()
     stop.set()
     await asyncio.wait_for(run_daemon(paris_settings(db_path), stop=stop), timeout=10)
+
+
+def test_starting_the_scheduler_without_an_event_loop_is_a_clear_error(db_path: Path) -> None:
+    scheduler = AsyncIOScheduler()
+    with pytest.raises(SchedulerError, match="running event loop"):
+        start_cleanup_scheduler(scheduler=scheduler, settings=paris_settings(db_path))
+    assert scheduler.get_jobs() == [], "a job was registered although nothing could run it"
+    assert not scheduler.running

@@ -622,3 +622,23 @@ def test_the_daemon_refuses_a_missing_database_at_start(tmp_path: Path) -> None:
     assert "typo" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
     assert not missing.parent.exists(), "the daemon created a database it did not find"
+
+
+@pytest.mark.parametrize("db", ["", "  "])
+def test_an_empty_database_path_is_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], db: str
+) -> None:
+    assert main(["--db", db, "list"], out=io.StringIO()) == 2
+    err = capsys.readouterr().err
+    assert "the database path must not be empty" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_dotenv_that_is_not_utf8_is_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / ".env").write_bytes(b"AGENT_SESSION_MAX_MESSAGES=\xff5\n")  # cwd is tmp_path
+    assert main(["--db", str(tmp_path / "x.db"), "stats"], out=io.StringIO()) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("agent-sessions: cannot read agent_sessions settings from .env"), err
+    assert "Traceback" not in err

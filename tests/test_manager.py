@@ -596,3 +596,8 @@ async def test_cancelled_while_waiting_for_the_lock_leaves_no_transaction(db_pat
             blocker.close()
         assert await manager.get_session_count() in (0, 1)  # cleared or not, never half
         assert await manager.list_sessions() is not None
+
+
+def test_an_in_memory_manager_is_refused() -> None:
+    with pytest.raises(InvalidArgumentError, match="needs a database file"):
+        SessionManager(":memory:")

@@ -90,6 +90,7 @@ def test_db_path_under_a_file_names_the_path(tmp_path: Path) -> None:
     with pytest.raises(StorageUnavailableError, match="not-a-folder") as info:
         AgentSession("u", "c", db_path=path)
     assert info.value.path == str(path)
+    assert "a folder on the path is a file" in str(info.value)
 
 
 def test_db_path_that_is_a_folder(tmp_path: Path) -> None:
@@ -145,6 +146,35 @@ async def test_bad_items_are_rejected_and_change_nothing(db_path: Path, bad: lis
         with pytest.raises(InvalidItemError, match="item"):
             await session.add_items(bad)  # type: ignore[arg-type]
         assert await session.get_items() == [user("before")]
+
+
+@pytest.mark.parametrize("bad", [{"role": "user", "content": "hi"}, "hi", 42, b"x"])
+async def test_items_that_are_not_a_list_are_refused(db_path: Path, bad: object) -> None:
+    with AgentSession("u", "c", db_path=db_path) as session:
+        with pytest.raises(InvalidItemError, match="items must be a list"):
+            await session.add_items(bad)  # type: ignore[arg-type]
+        assert await session.get_items() == []
+
+
+async def test_items_from_any_iterable_are_stored(db_path: Path) -> None:
+    with AgentSession("u", "c", db_path=db_path) as session:
+        await session.add_items(user(f"m{n}") for n in range(3))  # type: ignore[arg-type]
+        await session.add_items((user("m3"),))  # type: ignore[arg-type]
+        assert await session.get_items() == [user(f"m{n}") for n in range(4)]
+
+
+@pytest.mark.parametrize(
+    ("argument", "match"),
+    [
+        ({"settings": "x"}, "settings must be an AgentSessionSettings"),
+        ({"session_settings": "x"}, "session_settings"),
+    ],
+)
+def test_settings_of_the_wrong_type_are_refused(
+    tmp_path: Path, argument: dict[str, object], match: str
+) -> None:
+    with pytest.raises(InvalidArgumentError, match=match):
+        AgentSession("u", "c", db_path=tmp_path / "x.db", **argument)  # type: ignore[arg-type]
 
 
 async def test_closed_session_raises_our_error(db_path: Path) -> None:

@@ -37,6 +37,12 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
     assert (settings.retention_days, settings.cleanup_hour) == (30, 4)
 
 
+def test_a_dotenv_that_is_not_utf8_is_a_configuration_error(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_bytes(b"AGENT_SESSION_MAX_MESSAGES=\xff5\n")
+    with pytest.raises(ConfigurationError, match=r"\.env.*utf-8"):
+        get_settings()
+
+
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
