@@ -85,6 +85,11 @@ class Engine:
                 conn.close()
                 raise
         self.conn = conn
+        self.identity = storage.FileIdentity.of(path)
+
+    def is_stale(self) -> bool:
+        """Whether the file this engine opened was deleted or replaced since."""
+        return self.identity is not None and self.identity.changed()
 
     async def read(self, operation: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``operation`` on the connection, retrying while the database is locked."""
@@ -153,8 +158,11 @@ class _Registry:
         self._lock = threading.Lock()
         self._engines: OrderedDict[_Key, Engine] = OrderedDict()
 
-    def get(self, path: str) -> Engine:
+    def get(self, path: str, *, reopen_if_replaced: bool = False) -> Engine:
         """The engine for ``path`` in this process and thread, opened on first use.
+
+        With ``reopen_if_replaced`` (when a session is opened, not on every call), a cached
+        engine whose file was deleted or replaced is closed and the path opened afresh.
 
         Raises:
             StorageError: (a subclass) naming the path if it cannot be opened.
@@ -162,9 +170,15 @@ class _Registry:
         key = (path, os.getpid(), threading.get_ident())
         with self._lock:
             engine = self._engines.get(key)
-            if engine is not None:
+            stale = engine is not None and reopen_if_replaced and engine.is_stale()
+            if engine is not None and not stale:
                 self._engines.move_to_end(key)
                 return engine
+            if engine is not None:
+                del self._engines[key]
+        if engine is not None:  # stale: calls still waiting on it reopen (EngineClosed)
+            logger.warning("database %s was deleted or replaced; opening it again", path)
+            engine.close()
         # Outside the lock: opening may wait on another process's migration.
         engine = Engine(storage.prepare_path(path), key)
         evicted: list[Engine] = []

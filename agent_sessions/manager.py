@@ -131,6 +131,7 @@ class SessionManager:
         self._clock: Clock = clock or utc_now
         self._create = create
         self._db: aiosqlite.Connection | None = None
+        self._identity: storage.FileIdentity | None = None  # of the file self._db opened
         self._open_lock = asyncio.Lock()
         # One aiosqlite connection serves every task using this manager: the lock keeps one
         # operation (and so one transaction) on it at a time.
@@ -159,7 +160,18 @@ class SessionManager:
                         await db.close()
                         raise
                 self._db = db
+                self._identity = storage.FileIdentity.of(path)
         return self._db
+
+    async def _reopen_if_replaced(self, db: aiosqlite.Connection) -> aiosqlite.Connection:
+        # A connection keeps using the file it opened after that file is deleted or replaced:
+        # a long-lived manager (the daemon's) would clean up a file nobody uses any more.
+        if self._identity is None or not self._identity.changed():
+            return db
+        logger.warning("database %s was deleted or replaced; opening it again", self.db_path)
+        self._db = None
+        await db.close()
+        return await self._connection()
 
     def _prepare_file(self) -> str:
         # In a worker thread: creating, converting to WAL and migrating may wait on the disk
@@ -179,10 +191,10 @@ class SessionManager:
         a cancelled caller must not leave the shared connection inside a transaction (it
         would hold the write lock for every process until the manager closed).
         """
-        db = await self._connection()
         async with self._lock:
             if self._closed:  # closed while this call waited its turn
                 raise SessionClosedError(f"SessionManager for {self.db_path!r} is closed")
+            db = await self._reopen_if_replaced(await self._connection())
             task = asyncio.ensure_future(self._run(db, body, write))
             cancelled: asyncio.CancelledError | None = None
             while not task.done():

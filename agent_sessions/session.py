@@ -20,7 +20,6 @@ from .clock import Clock, now_timestamp, utc_now
 from .engine import Engine, EngineClosed, registry
 from .errors import (
     AgentSessionsError,
-    InvalidArgumentError,
     InvalidIdentifierError,
     InvalidItemError,
     SessionClosedError,
@@ -81,7 +80,8 @@ class AgentSession(SQLiteSession):
             InvalidIdentifierError: if an id is unusable, or its session id is held in an
                 adopted database by a session of another owner.
             InvalidArgumentError: if ``max_messages`` is not a positive integer, ``db_path``
-                is not a path, or ``settings``/``session_settings`` are of the wrong type.
+                is not a path, or ``settings`` is not an ``AgentSessionSettings``.
+            TypeError: if ``session_settings`` has unknown fields (the SDK's own check).
             StorageError: (a subclass) naming ``db_path`` if it cannot be opened.
         """
         user = normalize_identifier(user_id, "user_id")
@@ -100,14 +100,12 @@ class AgentSession(SQLiteSession):
         self.db_path = path
         self.sessions_table = storage.SESSIONS_TABLE
         self.messages_table = storage.MESSAGES_TABLE
-        try:
-            self.session_settings = (
-                coerce_session_settings(session_settings)
-                if session_settings is not None
-                else SessionSettings()
-            )
-        except (TypeError, ValueError) as exc:
-            raise InvalidArgumentError(f"session_settings: {exc}") from exc
+        # The SDK's coercion and its errors (TypeError for unknown fields), as in SQLiteSession.
+        self.session_settings = (
+            coerce_session_settings(session_settings)
+            if session_settings is not None
+            else SessionSettings()
+        )
         self._clock: Clock = clock or utc_now
         self._key = storage.SessionKey(session_id, user, conversation)
         self._closed = False
@@ -116,7 +114,7 @@ class AgentSession(SQLiteSession):
         # bad path fail at construction, naming it.
         self._memory = Engine(":memory:") if self.db_path == ":memory:" else None
         if self._memory is None:
-            self._claim_session_id(registry.get(str(self.db_path)))
+            self._claim_session_id(registry.get(str(self.db_path), reopen_if_replaced=True))
 
     def _claim_session_id(self, engine: Engine) -> None:
         # Only ids with a percent-escape need a look at the file: one of them may also be the

@@ -151,6 +151,39 @@ def prepare_path(db_path: str | Path) -> str:
     return str(path)
 
 
+@dataclass(frozen=True)
+class FileIdentity:
+    """Which file a connection opened.
+
+    A connection keeps using that file after it is deleted or replaced; comparing identities
+    tells a current connection from a stale one.
+    """
+
+    path: str
+    """Absolute, so a later change of working directory is not taken for a new file."""
+    device_inode: tuple[int, int] | None
+
+    @classmethod
+    def of(cls, path: str) -> FileIdentity | None:
+        """The identity of the file at ``path`` now; ``None`` for in-memory and URI paths."""
+        if path == ":memory:" or path.startswith("file:"):
+            return None
+        absolute = os.path.abspath(path)
+        return cls(absolute, _device_inode(absolute))
+
+    def changed(self) -> bool:
+        """Whether the file at ``path`` is no longer the one identified (or is gone)."""
+        return _device_inode(self.path) != self.device_inode
+
+
+def _device_inode(path: str) -> tuple[int, int] | None:
+    try:
+        status = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return status.st_dev, status.st_ino
+
+
 CONNECTION_PRAGMAS = (
     # A long busy timeout turns lock waits between processes into waits, not errors.
     f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",

@@ -601,3 +601,21 @@ async def test_cancelled_while_waiting_for_the_lock_leaves_no_transaction(db_pat
 def test_an_in_memory_manager_is_refused() -> None:
     with pytest.raises(InvalidArgumentError, match="needs a database file"):
         SessionManager(":memory:")
+
+
+async def test_a_manager_follows_a_database_that_was_deleted_and_created_again(
+    db_path: Path,
+) -> None:
+    with AgentSession("u", "old", db_path=db_path) as session:
+        await session.add_items([user("x")])
+    async with SessionManager(db_path, max_messages=10, retention_days=7) as manager:
+        assert [s.conversation_id for s in await manager.list_sessions()] == ["old"]
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+        with AgentSession("u", "new", db_path=db_path) as session:
+            await session.add_items([user("y")])
+        # A long-lived manager (the daemon's) must not keep managing the deleted file.
+        assert [s.conversation_id for s in await manager.list_sessions()] == ["new"]
+        assert await manager.clear_session("user_u_conv_new") == 1
+    with AgentSession("u", "new", db_path=db_path) as session:
+        assert await session.get_items() == []
