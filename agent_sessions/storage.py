@@ -407,16 +407,7 @@ def _adopt_sdk_tables(conn: sqlite3.Connection) -> None:
                 WHERE session_id = NEW.session_id;
             END"""
     )
-    conn.execute(
-        f"""CREATE TRIGGER IF NOT EXISTS {SESSIONS_TABLE}_sdk_touch
-            AFTER UPDATE OF updated_at ON {SESSIONS_TABLE}
-            BEGIN
-                UPDATE {SESSIONS_TABLE} SET last_activity_ts = max(
-                    coalesce(last_activity_ts, 0),
-                    coalesce({_SDK_TEXT_TO_TS.format(col="NEW.updated_at")}, {_NOW_TS}))
-                WHERE session_id = NEW.session_id;
-            END"""
-    )
+    # Its writes to an existing session are followed by the trigger of migration 3.
 
 
 def _add_late_call_row(conn: sqlite3.Connection) -> None:
@@ -426,9 +417,11 @@ def _add_late_call_row(conn: sqlite3.Connection) -> None:
 
 
 def _recheck_after_sdk_writes(conn: sqlite3.Connection) -> None:
-    # Since version 3 NULL means "not known" rather than "none": every session is re-checked
-    # once by prune(), and a plain SQLiteSession's write (it bumps updated_at and knows
-    # nothing of late_call_row) makes its session be re-checked again.
+    # A plain SQLiteSession's write bumps updated_at: record it as activity, and since it
+    # knows nothing of late_call_row, make prune() check that session whole again. Since
+    # version 3 a NULL late_call_row means "not known" rather than "none", so every existing
+    # session is checked once. (Databases migrated before version 3 had a trigger of this
+    # name that only recorded the activity.)
     conn.execute(f"DROP TRIGGER IF EXISTS {SESSIONS_TABLE}_sdk_touch")
     conn.execute(
         f"""CREATE TRIGGER {SESSIONS_TABLE}_sdk_touch

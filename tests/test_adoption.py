@@ -382,3 +382,28 @@ async def test_an_id_with_two_readings_is_not_handed_to_either_pair(tmp_path: Pa
     assert query(
         path, "SELECT COUNT(*) FROM agent_messages WHERE session_id = ?", ("user_a%5Fb_conv_c",)
     ) == [(1,)]
+
+
+async def test_a_version_2_database_is_upgraded_and_its_sessions_rechecked(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v2.db"
+    with closing(storage.connect(path)):
+        pass
+    # Version 2 as it was released: its SDK-write trigger only recorded activity, and a
+    # NULL late_call_row meant "no late answer".
+    execute(
+        path,
+        "DELETE FROM agent_sessions_schema WHERE version = 3",
+        "DROP TRIGGER agent_sessions_sdk_touch",
+        "CREATE TRIGGER agent_sessions_sdk_touch AFTER UPDATE OF updated_at ON agent_sessions "
+        "BEGIN UPDATE agent_sessions SET last_activity_ts = 1 WHERE session_id = "
+        "NEW.session_id; END",
+        "INSERT INTO agent_sessions (session_id, late_call_row, last_activity_ts) "
+        "VALUES ('s', 0, 1)",
+    )
+    with closing(storage.connect(path)) as conn:
+        assert storage.schema_version(conn) == 3
+        conn.execute("UPDATE agent_sessions SET updated_at = '2026-01-01 00:00:00'")
+        row = conn.execute("SELECT late_call_row, last_activity_ts FROM agent_sessions").fetchone()
+    assert row == (None, datetime(2026, 1, 1, tzinfo=UTC).timestamp())
