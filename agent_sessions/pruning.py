@@ -20,7 +20,7 @@ would hold an output the model rejects.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 Item = Mapping[str, Any]
@@ -143,20 +143,28 @@ def outputs_needing_stored_calls(batch: Sequence[Item]) -> dict[str, list[int]]:
     return needing
 
 
-def user_message_before_output(batch: Sequence[Item]) -> bool:
-    """Whether a tool output or approval response in ``batch`` follows a user message in it.
+def answers_late(batch: Sequence[Item], stored_calls: Collection[str]) -> bool:
+    """Whether ``batch`` answers a call after a later user message (see ``late_call_index``).
 
-    Only then can the batch answer a call after a later user message (see
-    ``late_call_index``), unless such a message is already stored after the call.
+    Within the batch, or for a stored call (its key in ``stored_calls``) with a user message
+    earlier in the batch. A stored user message after a stored call is not seen here.
     """
+    if late_call_index(batch) is not None:
+        return True
     seen_user = False
+    called: set[str] = set()
     for item in batch:
         if is_user_message(item):
             seen_user = True
-        elif seen_user:
-            half = pairing(item)
-            if half is not None and not half[0]:
-                return True
+            continue
+        half = pairing(item)
+        if half is None:
+            continue
+        is_call, key = half
+        if is_call:
+            called.add(key)
+        elif seen_user and key not in called and key in stored_calls:
+            return True
     return False
 
 

@@ -36,12 +36,12 @@ from .errors import (
 from .ids import legacy_owner
 from .pruning import (
     Item,
+    answers_late,
     cut_index,
     is_user_message,
     late_call_index,
     outputs_needing_stored_calls,
     pairing,
-    user_message_before_output,
 )
 
 logger = logging.getLogger("agent_sessions")
@@ -770,9 +770,10 @@ def append_items(
     """
     conn.execute(UPSERT_SESSION, (key.session_id, key.user_id, key.conversation_id, now, now))
     rows = list(zip(items, payloads, strict=True))
-    # Any call this batch answers after a later user message makes prune() check the whole
-    # session; a user message before an output in the batch is enough to ask for that.
-    may_answer_late = user_message_before_output(items)
+    # A call answered after a later user message (in this batch, or stored and answered
+    # here) makes prune() check the whole session until the pair is pruned away.
+    stored_calls: dict[str, int] = {}
+    answered_after_stored_user = False
     needing = outputs_needing_stored_calls(items)
     if needing:
         found = _find_stored_calls(conn, key.session_id, set(needing))
@@ -787,8 +788,8 @@ def append_items(
                 ", ".join(sorted(orphans)),
             )
             rows = [row for position, row in enumerate(rows) if position not in dropped]
-        may_answer_late = may_answer_late or found.answered_after_user
-    if may_answer_late:
+        stored_calls, answered_after_stored_user = found.call_rows, found.answered_after_user
+    if answered_after_stored_user or answers_late(items, stored_calls):
         conn.execute(FORGET_LATE_CALL_ROW, (key.session_id,))
     conn.executemany(INSERT_ROW, [(key.session_id, payload) for _, payload in rows])
     return prune(conn, key.session_id, max_items)

@@ -446,6 +446,20 @@ async def test_a_late_answered_call_is_never_cut_from_its_output(db_path: Path) 
         assert late_call_row() == storage.LATE_CALL_NONE  # the pair is gone: fast path again
 
 
+async def test_a_whole_turn_in_one_batch_keeps_the_fast_prune(db_path: Path) -> None:
+    # Only a call answered after a later user message needs the whole-session check; a
+    # turn saved in one add_items (user message, call, output, answer) is not one.
+    call = {"type": "function_call", "call_id": "c1", "name": "t", "arguments": "{}"}
+    output = {"type": "function_call_output", "call_id": "c1", "output": "done"}
+    with AgentSession("u", "c", db_path=db_path, max_messages=4) as session:
+        for turn in range(3):
+            await session.add_items([user(f"q{turn}"), call, output, assistant(f"a{turn}")])
+        assert await session.get_items() == [user("q2"), call, output, assistant("a2")]
+    with closing(sqlite3.connect(db_path)) as conn:
+        state = conn.execute("SELECT late_call_row FROM agent_sessions").fetchone()
+    assert state == (storage.LATE_CALL_NONE,)
+
+
 async def test_a_clock_returning_a_naive_datetime_is_a_clear_error(db_path: Path) -> None:
     from datetime import datetime
 
