@@ -108,19 +108,28 @@ def translate_errors(path: str | Path) -> Iterator[None]:
 
 
 def database_path(db_path: object) -> str:
-    """Return a ``db_path`` argument as the path string every component uses (``~`` expanded).
+    """Return a ``db_path`` argument as the path string every component uses.
 
-    ``":memory:"`` and ``file:`` URIs are kept as given.
+    ``~`` is expanded and a relative path made absolute against the working directory of
+    the moment, so a session keeps its file in every thread, and a later ``chdir`` does not
+    split one database into two. ``":memory:"`` and ``file:`` URIs are kept as given.
 
     Raises:
         InvalidArgumentError: if ``db_path`` is not a ``str`` or ``os.PathLike`` of ``str``.
+        StorageUnavailableError: if it is relative and the working directory is gone.
     """
     text = os.fspath(db_path) if isinstance(db_path, os.PathLike) else db_path
     if not isinstance(text, str) or not text:
         raise InvalidArgumentError(f"db_path must be a non-empty str or path, got {db_path!r}")
     if text == ":memory:" or text.startswith("file:"):
         return text
-    return os.path.expanduser(text)
+    try:
+        return os.path.abspath(os.path.expanduser(text))
+    except OSError as exc:  # the working directory was deleted
+        raise StorageUnavailableError(
+            f"cannot resolve the relative database path {text!r}: {exc.strerror or exc}",
+            path=text,
+        ) from exc
 
 
 def prepare_path(db_path: str | Path) -> str:

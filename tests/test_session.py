@@ -4,6 +4,7 @@ import asyncio
 import math
 import os
 import sqlite3
+import threading
 import uuid
 from contextlib import closing
 from pathlib import Path
@@ -18,6 +19,7 @@ from agent_sessions import (
     InvalidIdentifierError,
     InvalidItemError,
     SessionClosedError,
+    SessionManager,
     StorageUnavailableError,
     get_agent_session,
     storage,
@@ -505,3 +507,29 @@ async def test_a_replaced_database_is_read_by_the_next_session(tmp_path: Path) -
     os.replace(backup, live)
     with AgentSession("u", "c", db_path=live) as session:
         assert await session.get_items() == [user("from the backup")]
+
+
+async def test_a_relative_path_names_one_file_whatever_the_thread_or_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    monkeypatch.chdir(first)
+    session = AgentSession("u", "c", db_path="app.db")
+    await session.add_items([user("hello")])
+    monkeypatch.chdir(second)
+    in_thread: list[object] = []
+    reader = threading.Thread(target=lambda: in_thread.append(asyncio.run(session.get_items())))
+    reader.start()
+    reader.join()
+    assert in_thread == [[user("hello")]], "another thread opened another file"
+    assert session.db_path == str(first / "app.db")
+    session.close()
+    with AgentSession("u", "c", db_path="app.db") as later:  # opened here: second/app.db
+        assert await later.get_items() == []
+    async with SessionManager("app.db", max_messages=10, retention_days=7) as manager:
+        assert manager.db_path == str(second / "app.db")
+        assert await manager.list_sessions() == []
+    async with SessionManager(first / "app.db", max_messages=10, retention_days=7) as manager:
+        assert [s.conversation_id for s in await manager.list_sessions()] == ["c"]
