@@ -314,18 +314,45 @@ _REQUIRED_COLUMNS = {
     SESSIONS_TABLE: {"session_id", "created_at", "updated_at"},
     MESSAGES_TABLE: {"id", "session_id", "message_data", "created_at"},
 }
+_KEYS = {SESSIONS_TABLE: "session_id", MESSAGES_TABLE: "id"}
+_OUR_COLUMNS = {
+    SESSIONS_TABLE: {"user_id", "conversation_id", "created_ts", "last_activity_ts"}
+    | {"late_call_row"},
+    MESSAGES_TABLE: set(),
+}
+
+
+def _foreign_table_problem(conn: sqlite3.Connection, table: str) -> str | None:
+    """Why an existing ``table`` cannot be the SDK's (or ours), or ``None`` if it can."""
+    info = conn.execute(f'PRAGMA table_info("{table}")').fetchall()
+    if not info:
+        return None  # no such table: it will be created
+    columns = {row[1] for row in info}
+    if not _REQUIRED_COLUMNS[table] <= columns:
+        return f"columns: {', '.join(sorted(columns))}"
+    keys = [row[1] for row in info if row[5]]
+    if keys != [_KEYS[table]]:
+        # Writes rely on it: upserts by session_id, message order by a rowid ``id``.
+        return f"its primary key is ({', '.join(keys)}), not ({_KEYS[table]})"
+    if table == MESSAGES_TABLE and next(r[2] for r in info if r[1] == "id").upper() != "INTEGER":
+        return "its id is not an INTEGER PRIMARY KEY"
+    known = _REQUIRED_COLUMNS[table] | _OUR_COLUMNS[table]
+    required = sorted(row[1] for row in info if row[3] and row[4] is None and row[1] not in known)
+    if required:
+        return f"it requires columns agent_sessions does not write: {', '.join(required)}"
+    return None
 
 
 def _check_existing_tables(conn: sqlite3.Connection) -> None:
     # The file may belong to an app with tables of the same names: refuse before changing
-    # anything, rather than fail half-way with SQLite's "no such column".
-    for table, required in _REQUIRED_COLUMNS.items():
-        existing = _columns(conn, table)
-        if existing and not required <= existing:
+    # anything, rather than fail half-way, or on every write after the migration.
+    for table in _REQUIRED_COLUMNS:
+        problem = _foreign_table_problem(conn, table)
+        if problem is not None:
             path = database_file(conn)
             raise StorageError(
                 f"database {path!r} has a table {table} that is not an agent_sessions or "
-                f"SQLiteSession table (columns: {', '.join(sorted(existing))})",
+                f"SQLiteSession table ({problem})",
                 path=path,
             )
 

@@ -1006,6 +1006,18 @@ FOREIGN_SCHEMAS = {
         "CREATE TABLE agent_sessions_schema (version TEXT, note TEXT)",
         "INSERT INTO agent_sessions_schema VALUES ('v9', 'theirs')",
     ],
+    "sessions_table_without_a_key": [
+        "CREATE TABLE agent_sessions (session_id TEXT, created_at TEXT, updated_at TEXT)",
+        "INSERT INTO agent_sessions VALUES ('s1', NULL, NULL)",
+    ],
+    "messages_table_with_a_column_of_its_own": [
+        "CREATE TABLE agent_messages (id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT "
+        "NOT NULL, message_data TEXT NOT NULL, created_at TEXT, tenant TEXT NOT NULL)",
+    ],
+    "messages_id_that_is_not_a_rowid": [
+        "CREATE TABLE agent_messages (id TEXT PRIMARY KEY, session_id TEXT NOT NULL, "
+        "message_data TEXT NOT NULL, created_at TEXT)",
+    ],
     "sessions_view": [
         "CREATE TABLE people (name TEXT)",
         "INSERT INTO people VALUES ('ada')",
