@@ -11,11 +11,12 @@ import asyncio
 import io
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from .errors import (
     AgentSessionsError,
@@ -320,14 +321,58 @@ async def _run(settings: AgentSessionSettings, args: argparse.Namespace, out: Te
         return await _COMMANDS[args.command](manager, args, out)
 
 
+class _OutputError(Exception):
+    """The command's output could not be written (a full disk, a closed stdout)."""
+
+
+class _GuardedOutput:
+    """A text stream whose write failures are told apart from every other ``OSError``."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        written: int = self._guard(lambda stream: stream.write(text))
+        return written
+
+    def flush(self) -> None:
+        if self._stream is not None:  # nothing was written to a closed stdout (e.g. daemon)
+            self._guard(lambda stream: stream.flush())
+
+    def _guard(self, operation: Callable[[TextIO], Any]) -> Any:
+        if self._stream is None:
+            raise _OutputError("standard output is closed")
+        try:
+            return operation(self._stream)
+        except BrokenPipeError:
+            raise  # the reader went away (e.g. `| head`): not an error
+        except OSError as exc:
+            raise _OutputError(exc.strerror or str(exc)) from exc
+
+
+def _discard_stdout() -> None:
+    # What is still buffered would fail again when Python flushes stdout at exit, printing
+    # a traceback-like message: send it to the null device instead.
+    if sys.stdout is None:
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
     """Run ``agent-sessions`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
-    if out is None:
+    to_stdout = out is None
+    if out is None and sys.stdout is not None:
         out = sys.stdout
         # Stored text may hold lone surrogates (the SDK stores what it is given): print them
         # escaped, as stderr does, rather than fail half-way through a table.
         if isinstance(out, io.TextIOWrapper):
             out.reconfigure(errors="backslashreplace")
+    output = cast(TextIO, _GuardedOutput(out))
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # usage errors (2), --help (0): returned, not raised
@@ -336,7 +381,14 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         settings = load_settings()
         if args.db is not None:
             settings = settings.model_copy(update={"db_path": args.db})
-        return asyncio.run(_run(settings, args, out))
+        code = asyncio.run(_run(settings, args, output))
+        output.flush()
+        return code
+    except _OutputError as exc:
+        print(f"agent-sessions: cannot write the output: {exc}", file=sys.stderr)
+        if to_stdout:
+            _discard_stdout()
+        return EXIT_FAILURE
     except SessionNotFoundError as exc:
         print(f"agent-sessions: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -349,6 +401,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
+        if to_stdout:
+            _discard_stdout()
         return EXIT_OK
 
 

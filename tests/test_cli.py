@@ -642,3 +642,25 @@ def test_a_dotenv_that_is_not_utf8_is_bad_input(
     err = capsys.readouterr().err
     assert err.startswith("agent-sessions: cannot read agent_sessions settings from .env"), err
     assert "Traceback" not in err
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("command", [["stats"], ["list", "--json"], ["export", ALICE_1]])
+def test_output_that_cannot_be_written_is_one_line_not_a_traceback(
+    populated: Path, command: list[str]
+) -> None:
+    argv = [script(), "--db", str(populated), *command]
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(argv, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == "agent-sessions: cannot write the output: No space left on device\n"
+    closed = subprocess.run(
+        argv,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: os.close(1),
+    )
+    assert closed.returncode == 1, closed.stderr
+    assert closed.stderr == "agent-sessions: cannot write the output: standard output is closed\n"
