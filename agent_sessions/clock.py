@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from .errors import InvalidArgumentError
 
@@ -36,7 +36,24 @@ def as_utc(moment: object) -> datetime:
     """
     if not isinstance(moment, datetime) or moment.tzinfo is None or moment.utcoffset() is None:
         raise InvalidArgumentError(f"the clock must return an aware datetime, got {moment!r}")
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise InvalidArgumentError(f"the clock returned a time out of range: {moment!r}") from None
+
+
+def days_before(moment: datetime, days: int) -> datetime:
+    """Return ``moment`` (aware) minus ``days`` days of elapsed time, in UTC.
+
+    Raises:
+        InvalidArgumentError: if ``moment`` is not aware, or the result is before year 1.
+    """
+    try:
+        return as_utc(moment) - timedelta(days=days)
+    except OverflowError:
+        raise InvalidArgumentError(
+            f"the clock's time {moment!r} is too early to subtract {days} day(s) from"
+        ) from None
 
 
 _LATEST = datetime.max.replace(tzinfo=UTC)

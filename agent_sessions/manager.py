@@ -9,7 +9,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -18,7 +18,7 @@ import aiosqlite
 from pydantic import BaseModel, ConfigDict
 
 from . import storage
-from .clock import Clock, as_utc, from_timestamp, now_timestamp, to_timestamp, utc_now
+from .clock import Clock, days_before, from_timestamp, now_timestamp, to_timestamp, utc_now
 from .errors import (
     InvalidArgumentError,
     InvalidIdentifierError,
@@ -277,7 +277,7 @@ class SessionManager:
     def _cutoff(self, retention_days: int) -> float:
         # Subtract as datetimes, then convert: float seconds minus a float span can round
         # differently from the stored value of the same instant (near powers of two).
-        return to_timestamp(as_utc(self._clock()) - timedelta(days=retention_days))
+        return to_timestamp(days_before(self._clock(), retention_days))
 
     @staticmethod
     async def _stats(db: aiosqlite.Connection, row: Any) -> SessionStats:

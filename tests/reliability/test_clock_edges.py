@@ -325,6 +325,24 @@ async def test_naive_clock_is_refused_clearly_and_writes_nothing(db_path: Path, 
     assert session_ids(db_path) == {known}
 
 
+async def test_clocks_at_the_ends_of_time_are_refused_and_change_nothing(db_path: Path) -> None:
+    known = await write(db_path, "known", NOW)
+    before = query(db_path, "SELECT * FROM agent_messages ORDER BY id")
+    # datetime.max an hour behind UTC is past datetime.max in UTC: it cannot be converted.
+    beyond = datetime.max.replace(tzinfo=timezone(timedelta(hours=-1)))
+    session = AgentSession("u", "known", db_path=db_path, clock=lambda: beyond)
+    with session, pytest.raises(InvalidArgumentError, match="out of range"):
+        await session.add_items([ITEM])  # type: ignore[list-item]
+    earliest = datetime.min.replace(tzinfo=UTC)  # no retention window fits before it
+    async with manager(db_path, lambda: earliest) as mgr:
+        with pytest.raises(InvalidArgumentError, match="too early"):
+            await mgr.cleanup_inactive_sessions()
+        with pytest.raises(InvalidArgumentError, match="too early"):
+            await mgr.get_active_session_count()
+    assert query(db_path, "SELECT * FROM agent_messages ORDER BY id") == before
+    assert session_ids(db_path) == {known}
+
+
 async def test_writer_clock_jumping_backwards_keeps_the_latest_activity(db_path: Path) -> None:
     sid = await write(db_path, "c", NOW, NOW - timedelta(days=30), NOW - timedelta(days=400))
     other = await write(db_path, "other", NOW - timedelta(days=3))
