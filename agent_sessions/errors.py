@@ -11,6 +11,7 @@ Every error the library raises on purpose derives from one base, so an app can c
     ├── SessionNotFoundError      (also LookupError) no session has that id
     ├── SessionClosedError        (also RuntimeError) the session or manager was closed
     ├── SchedulerError            (also RuntimeError) the cleanup scheduler cannot start
+    ├── EventLoopMismatchError    (also RuntimeError) a manager used by two running loops
     └── StorageError                                 the database failed
         ├── StorageUnavailableError                  the file cannot be opened or written
         ├── StorageBusyError                         the database stayed locked too long
@@ -58,6 +59,10 @@ class SessionClosedError(AgentSessionsError, RuntimeError):
 
 class SchedulerError(AgentSessionsError, RuntimeError):
     """The cleanup scheduler cannot be started (e.g. no event loop is running)."""
+
+
+class EventLoopMismatchError(AgentSessionsError, RuntimeError):
+    """A ``SessionManager`` was used from a second event loop while its first still runs."""
 
 
 class StorageError(AgentSessionsError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from . import storage
 from .clock import Clock, days_before, from_timestamp, now_timestamp, to_timestamp, utc_now
 from .errors import (
+    EventLoopMismatchError,
     InvalidArgumentError,
     InvalidIdentifierError,
     SessionClosedError,
@@ -30,6 +32,9 @@ from .ids import normalize_identifier, positive_int
 from .settings import MAX_RETENTION_DAYS, AgentSessionSettings, resolve_setting
 
 logger = logging.getLogger("agent_sessions")
+
+_OLD_CONNECTION_CLOSE_TIMEOUT = 5.0
+"""Seconds to wait for a connection left by an ended event loop to close."""
 
 T = TypeVar("T")
 
@@ -137,12 +142,42 @@ class SessionManager:
         # operation (and so one transaction) on it at a time.
         self._lock = asyncio.Lock()
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one the connection serves
 
     # --- lifecycle ---
+
+    async def _follow_running_loop(self) -> None:
+        """Bind to the running event loop; after the bound loop has ended, start afresh.
+
+        An aiosqlite connection delivers results to the loop that used it, and asyncio locks
+        belong to one loop: a manager used again after ``asyncio.run`` returned (one loop
+        per call, per test) reopens in the new loop instead of hanging.
+
+        Raises:
+            EventLoopMismatchError: if another event loop that is still running uses it.
+        """
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        if self._loop is not None and not self._loop.is_closed():
+            raise EventLoopMismatchError(
+                f"SessionManager for {self.db_path!r} is in use by another running event "
+                "loop; use one manager per event loop (thread)"
+            )
+        old, self._db, self._identity = self._db, None, None
+        self._open_lock = asyncio.Lock()
+        self._lock = asyncio.Lock()
+        self._loop = loop
+        if old is not None:
+            # Its worker thread answers this loop now. It is idle unless the old loop ended
+            # in the middle of a call, which killed it: then there is nothing to wait for.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.close(), _OLD_CONNECTION_CLOSE_TIMEOUT)
 
     async def _connection(self) -> aiosqlite.Connection:
         if self._closed:
             raise SessionClosedError(f"SessionManager for {self.db_path!r} is closed")
+        await self._follow_running_loop()
         if self._db is not None:
             return self._db
         async with self._open_lock:
@@ -191,6 +226,7 @@ class SessionManager:
         a cancelled caller must not leave the shared connection inside a transaction (it
         would hold the write lock for every process until the manager closed).
         """
+        await self._follow_running_loop()  # before its lock, which belongs to one loop
         async with self._lock:
             if self._closed:  # closed while this call waited its turn
                 raise SessionClosedError(f"SessionManager for {self.db_path!r} is closed")
@@ -245,6 +281,7 @@ class SessionManager:
         batch); calls made or still waiting after ``close`` raise ``SessionClosedError``.
         """
         self._closed = True
+        await self._follow_running_loop()
         async with self._lock:  # never close the connection inside another call's transaction
             db, self._db = self._db, None
             if db is not None:

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 from contextlib import closing
 from datetime import UTC, timedelta
@@ -20,6 +21,7 @@ from agents.testing import ScriptedModel, assistant_message
 
 from agent_sessions import (
     AgentSession,
+    EventLoopMismatchError,
     InvalidArgumentError,
     SessionClosedError,
     SessionManager,
@@ -619,3 +621,41 @@ async def test_a_manager_follows_a_database_that_was_deleted_and_created_again(
         assert await manager.clear_session("user_u_conv_new") == 1
     with AgentSession("u", "new", db_path=db_path) as session:
         assert await session.get_items() == []
+
+
+def test_a_manager_outlives_the_event_loop_it_was_first_used_in(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # asyncio.run per call (scripts, per-test loops): each loop gets a working connection.
+    thread_errors: list[object] = []
+    monkeypatch.setattr(threading, "excepthook", thread_errors.append)
+    asyncio.run(write(db_path, "u", "c", [user("x")]))
+    manager = SessionManager(db_path, max_messages=10, retention_days=7)
+
+    async def counts() -> list[int]:
+        return list(await asyncio.gather(*(manager.get_session_count() for _ in range(3))))
+
+    assert [asyncio.run(counts()) for _ in range(3)] == [[1, 1, 1]] * 3
+    asyncio.run(manager.close())
+    assert thread_errors == [], "a connection thread failed"
+
+
+def test_a_manager_in_use_by_another_running_loop_is_refused(db_path: Path) -> None:
+    manager = SessionManager(db_path, max_messages=10, retention_days=7)
+    opened, release = threading.Event(), threading.Event()
+
+    async def hold() -> None:
+        await manager.open()
+        opened.set()
+        await asyncio.to_thread(release.wait)
+        await manager.close()
+
+    owner = threading.Thread(target=asyncio.run, args=(hold(),))
+    owner.start()
+    try:
+        assert opened.wait(30)
+        with pytest.raises(EventLoopMismatchError, match="another running event loop"):
+            asyncio.run(manager.get_session_count())
+    finally:
+        release.set()
+        owner.join(30)
