@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -33,8 +32,8 @@ from .settings import MAX_RETENTION_DAYS, AgentSessionSettings, resolve_setting
 
 logger = logging.getLogger("agent_sessions")
 
-_OLD_CONNECTION_CLOSE_TIMEOUT = 5.0
-"""Seconds to wait for a connection left by an ended event loop to close."""
+_OLD_CONNECTION_CLOSE_TIMEOUT = 2.0
+"""Seconds to wait for a connection left by a stopped event loop to close."""
 
 T = TypeVar("T")
 
@@ -147,19 +146,19 @@ class SessionManager:
     # --- lifecycle ---
 
     async def _follow_running_loop(self) -> None:
-        """Bind to the running event loop; after the bound loop has ended, start afresh.
+        """Bind to the running event loop; once the bound loop has stopped, start afresh.
 
         An aiosqlite connection delivers results to the loop that used it, and asyncio locks
         belong to one loop: a manager used again after ``asyncio.run`` returned (one loop
         per call, per test) reopens in the new loop instead of hanging.
 
         Raises:
-            EventLoopMismatchError: if another event loop that is still running uses it.
+            EventLoopMismatchError: if another event loop is running and using it.
         """
         loop = asyncio.get_running_loop()
         if self._loop is loop:
             return
-        if self._loop is not None and not self._loop.is_closed():
+        if self._loop is not None and self._loop.is_running():
             raise EventLoopMismatchError(
                 f"SessionManager for {self.db_path!r} is in use by another running event "
                 "loop; use one manager per event loop (thread)"
@@ -169,10 +168,7 @@ class SessionManager:
         self._lock = asyncio.Lock()
         self._loop = loop
         if old is not None:
-            # Its worker thread answers this loop now. It is idle unless the old loop ended
-            # in the middle of a call, which killed it: then there is nothing to wait for.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(old.close(), _OLD_CONNECTION_CLOSE_TIMEOUT)
+            await _stop_connection(old)
 
     async def _connection(self) -> aiosqlite.Connection:
         if self._closed:
@@ -519,3 +515,18 @@ class SessionManager:
             if batches % _CHECKPOINT_EVERY_BATCHES == 0:
                 # Passive: never blocks writers; it runs in aiosqlite's thread.
                 await self._fetch(storage.CHECKPOINT_PASSIVE)
+
+
+async def _stop_connection(db: aiosqlite.Connection) -> None:
+    """Close a connection left by an event loop that stopped, without ever hanging.
+
+    Its worker thread closes the sqlite3 connection (rolling back an open transaction) and
+    ends. If the old loop closed while a call was in flight, delivering that result killed
+    the thread: then nothing is waited for, and the connection is closed when ``db`` is
+    garbage-collected.
+    """
+    worker = getattr(db, "_thread", None)  # aiosqlite's, hence getattr: only an optimisation
+    stopped = db.stop()
+    if stopped is not None and (worker is None or worker.is_alive()):
+        # asyncio.wait, not wait_for: a timeout must not cancel and then wait on the future.
+        await asyncio.wait({stopped}, timeout=_OLD_CONNECTION_CLOSE_TIMEOUT)

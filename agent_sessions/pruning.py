@@ -154,17 +154,15 @@ def answers_late(batch: Sequence[Item], stored_calls: Collection[str]) -> bool:
     seen_user = False
     called: set[str] = set()
     for item in batch:
-        if is_user_message(item):
-            seen_user = True
-            continue
         half = pairing(item)
-        if half is None:
-            continue
-        is_call, key = half
-        if is_call:
-            called.add(key)
-        elif seen_user and key not in called and key in stored_calls:
-            return True
+        if half is not None:
+            is_call, key = half
+            if is_call:
+                called.add(key)
+            # An output with role "user" counts as a user message after its own call.
+            elif key not in called and key in stored_calls and (seen_user or is_user_message(item)):
+                return True
+        seen_user = seen_user or is_user_message(item)
     return False
 
 
@@ -196,6 +194,8 @@ def cut_index(items: Sequence[Item | None], max_items: int) -> int:
 def late_call_index(items: Sequence[Item | None]) -> int | None:
     """Index of the oldest call answered only after a later user message, or ``None``.
 
+    An output that itself has role ``"user"`` counts as answered after a user message.
+
     While such a pair is stored, the cut must be chosen with ``cut_index`` on the whole
     history; otherwise the first user message in the window is always a valid cut.
     """
@@ -204,8 +204,10 @@ def late_call_index(items: Sequence[Item | None]) -> int | None:
     for key, positions in outputs.items():
         for output_at in positions:
             earlier = [call_at for call_at in calls.get(key, ()) if call_at < output_at]
+            # Up to and including the output: one with role "user" would be a cut point
+            # that keeps it without its call.
             if earlier and any(
-                is_user_message(items[index]) for index in range(max(earlier) + 1, output_at)
+                is_user_message(items[index]) for index in range(max(earlier) + 1, output_at + 1)
             ):
                 late = max(earlier) if late is None else min(late, max(earlier))
     return late

@@ -659,3 +659,34 @@ def test_a_manager_in_use_by_another_running_loop_is_refused(db_path: Path) -> N
     finally:
         release.set()
         owner.join(30)
+
+
+# The connection whose worker thread died can only be reclaimed by the garbage collector,
+# which aiosqlite reports as a ResourceWarning from __del__.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_loop_closed_in_the_middle_of_a_call_does_not_hang_the_next_one(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker thread of the first loop's connection finishes its call after that loop
+    # closed and dies delivering the result; the next loop must not wait on it forever.
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)  # that thread's death
+    session_id = asyncio.run(write(db_path, "u", "c", [user("x")]))
+    manager = SessionManager(db_path, max_messages=10, retention_days=7)
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    first = asyncio.new_event_loop()
+    try:
+        first.run_until_complete(manager.open())
+        blocker.execute("BEGIN IMMEDIATE")  # the manager's write now waits in its thread
+        pending = first.create_task(manager.prune_session_messages(session_id))
+        first.run_until_complete(asyncio.sleep(0.3))
+        assert not pending.done()
+    finally:
+        first.close()  # with the call in flight, as a loop closed without draining does
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    started = time.monotonic()
+    assert asyncio.run(manager.get_session_count()) == 1
+    assert time.monotonic() - started < 10
+    asyncio.run(manager.close())
+    del pending, first  # they hold the orphaned connection
+    gc.collect()  # reclaim it here, where its warning is expected

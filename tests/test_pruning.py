@@ -203,9 +203,10 @@ def reference_cut(items: Sequence[Entry], n: int, safe: set[int] | None = None) 
 
 
 def answered_after_user(items: Sequence[Entry]) -> bool:
-    """Whether some output follows its call with a user message between them."""
+    """Whether some output follows its call with a user message after the call (the output
+    itself included: one with role "user" is a cut point that would orphan it)."""
     return any(
-        _pair(items, c, o) and any(_is_user(items[u]) for u in range(c + 1, o))
+        _pair(items, c, o) and any(_is_user(items[u]) for u in range(c + 1, o + 1))
         for o in range(len(items))
         for c in range(o)
     )
@@ -466,7 +467,8 @@ def test_storage_prune_keeps_exactly_the_cut_index_suffix(
 # --- AgentSession.add_items, batch by batch, against the reference -------------------------
 
 BATCH_TOKENS = st.one_of(
-    st.tuples(st.sampled_from(["call", "out", "req", "resp"]), st.integers(0, 3)),
+    # "user_out": an output that also has role "user", so it is both kinds at once.
+    st.tuples(st.sampled_from(["call", "out", "req", "resp", "user_out"]), st.integers(0, 3)),
     st.sampled_from(["user", "user", "assistant", "reasoning", "hosted"]),
 )
 
@@ -474,6 +476,8 @@ BATCH_TOKENS = st.one_of(
 def _from_token(token: object, position: int) -> Item:
     if isinstance(token, tuple):
         half, number = token
+        if half == "user_out":
+            return {"role": "user", **output(f"k{number}")}
         builders = {"call": call, "out": output, "req": approval_request, "resp": approval_response}
         return builders[half](f"k{number}")
     return {
