@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -315,11 +316,12 @@ _REQUIRED_COLUMNS = {
     MESSAGES_TABLE: {"id", "session_id", "message_data", "created_at"},
 }
 _KEYS = {SESSIONS_TABLE: "session_id", MESSAGES_TABLE: "id"}
-_OUR_COLUMNS = {
-    SESSIONS_TABLE: {"user_id", "conversation_id", "created_ts", "last_activity_ts"}
-    | {"late_call_row"},
-    MESSAGES_TABLE: set(),
+_WRITTEN_COLUMNS = {
+    # What this library's inserts fill in; any other column needs a default or NULL.
+    SESSIONS_TABLE: {"session_id", "user_id", "conversation_id", "created_ts", "last_activity_ts"},
+    MESSAGES_TABLE: {"id", "session_id", "message_data"},  # id: the rowid
 }
+_WITHOUT_ROWID = re.compile(r"\bWITHOUT\s+ROWID\b", re.IGNORECASE)
 
 
 def _foreign_table_problem(conn: sqlite3.Connection, table: str) -> str | None:
@@ -334,10 +336,16 @@ def _foreign_table_problem(conn: sqlite3.Connection, table: str) -> str | None:
     if keys != [_KEYS[table]]:
         # Writes rely on it: upserts by session_id, message order by a rowid ``id``.
         return f"its primary key is ({', '.join(keys)}), not ({_KEYS[table]})"
-    if table == MESSAGES_TABLE and next(r[2] for r in info if r[1] == "id").upper() != "INTEGER":
-        return "its id is not an INTEGER PRIMARY KEY"
-    known = _REQUIRED_COLUMNS[table] | _OUR_COLUMNS[table]
-    required = sorted(row[1] for row in info if row[3] and row[4] is None and row[1] not in known)
+    if table == MESSAGES_TABLE:
+        sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (table,)).fetchone()
+        id_type = next(row[2] for row in info if row[1] == "id")
+        if id_type.upper() != "INTEGER" or (sql and _WITHOUT_ROWID.search(sql[0] or "")):
+            return "its id is not an INTEGER PRIMARY KEY naming the rowid"
+    required = sorted(
+        row[1]
+        for row in info
+        if row[3] and row[4] is None and row[1] not in _WRITTEN_COLUMNS[table]
+    )
     if required:
         return f"it requires columns agent_sessions does not write: {', '.join(required)}"
     return None

@@ -1018,6 +1018,14 @@ FOREIGN_SCHEMAS = {
         "CREATE TABLE agent_messages (id TEXT PRIMARY KEY, session_id TEXT NOT NULL, "
         "message_data TEXT NOT NULL, created_at TEXT)",
     ],
+    "sessions_times_required_without_default": [
+        "CREATE TABLE agent_sessions (session_id TEXT PRIMARY KEY, created_at TEXT NOT NULL, "
+        "updated_at TEXT NOT NULL)",
+    ],
+    "messages_without_rowid": [
+        "CREATE TABLE agent_messages (id INTEGER PRIMARY KEY, session_id TEXT, message_data "
+        "TEXT, created_at TIMESTAMP) WITHOUT ROWID",
+    ],
     "sessions_view": [
         "CREATE TABLE people (name TEXT)",
         "INSERT INTO people VALUES ('ada')",
