@@ -126,16 +126,15 @@ def parse_session_id(session_id: str) -> tuple[str, str] | None:
 
 
 def legacy_owner(session_id: str) -> tuple[str, str] | None:
-    """The pair an id written without this library belongs to, or ``None`` if unsure.
+    """The pair an id written without this library was built from, or ``None`` if unsure.
 
     Used to attribute the sessions of an adopted ``SQLiteSession`` database, whose ids were
-    built by hand as ``f"user_{u}_conv_{c}"``. Unlike ``parse_session_id`` it refuses an id
-    that is also ``get_session_id`` of a different pair: ``user_a%5Fb_conv_c`` was written
-    for user ``a%5Fb`` by hand, or is the id of user ``a_b``, so it belongs to neither.
+    built by hand as ``f"user_{u}_conv_{c}"``: unlike ``parse_session_id`` it reads them
+    literally, never percent-decoding (``user_a%5Fb_conv_c`` belongs to user ``a%5Fb``, even
+    though it is also ``get_session_id("a_b", "c")``; ``AgentSession`` refuses to open it for
+    ``a_b``).
     """
-    literal = _literal_pair(session_id)
-    derived = _derived_pair(session_id)
-    return None if derived is not None and derived != literal else literal
+    return _literal_pair(session_id)
 
 
 def positive_int(value: object, what: str, *, minimum: int = 1, maximum: int = MAX_COUNT) -> int:

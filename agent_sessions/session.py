@@ -117,34 +117,32 @@ class AgentSession(SQLiteSession):
             self._claim_session_id(registry.get(str(self.db_path), reopen_if_replaced=True))
 
     def _claim_session_id(self, engine: Engine) -> None:
-        # Only ids with a percent-escape need a look at the file: one of them may also be the
-        # hand-built id of another pair in an adopted SQLiteSession database
-        # (user_a%5Fb_conv_c for user "a%5Fb"), and such a pair's own hand-built id
-        # (user_a_b_conv_c) may hold its history.
+        # Only ids with a percent-escape need a look at the file. Such an id may also be the
+        # hand-built id of another pair in an adopted SQLiteSession database (user_a%5Fb_conv_c
+        # of user "a%5Fb"), whose history this pair must not see; and this pair's own
+        # hand-built id (user_a_b_conv_c) may hold its history.
         if "%" not in self.session_id:
             return
         mine = (self.user_id, self.conversation_id)
-        legacy = f"user_{self.user_id}_conv_{self.conversation_id}"
+        unclaimed = (None, None)  # e.g. a row a plain SQLiteSession created on this file
         with storage.translate_errors(self.db_path):
             owner = storage.session_owner(engine.conn, self.session_id)
             if owner == mine:
                 return
-            # Apps that built ids by hand wrote them unencoded: keep using such an id, so
-            # the conversation's history is not left behind. Ambiguous hand-built ids
-            # (another pair could have written them) are never taken over.
-            if (
-                legacy_owner(legacy) == mine
-                and storage.session_owner(engine.conn, legacy) is not None
+            legacy = f"user_{self.user_id}_conv_{self.conversation_id}"
+            if legacy_owner(legacy) == mine and storage.session_owner(engine.conn, legacy) in (
+                mine,
+                unclaimed,
             ):
                 self.session_id = legacy
                 self._key = storage.SessionKey(legacy, self.user_id, self.conversation_id)
                 return
-        if owner is not None:
+        if owner not in (None, unclaimed):
             raise InvalidIdentifierError(
                 f"session id {self.session_id!r} of user {self.user_id!r}, conversation "
-                f"{self.conversation_id!r} is held in {str(self.db_path)!r} by a session "
-                f"adopted from a plain SQLiteSession whose owner is {_owner_text(owner)}; "
-                "it is not opened for this pair (open it by session id to read it)"
+                f"{self.conversation_id!r} belongs in {str(self.db_path)!r} to user "
+                f"{owner[0]!r}, conversation {owner[1]!r} (a hand-built id adopted from a plain "
+                "SQLiteSession database); it is not opened for this pair"
             )
 
     # --- the Session protocol ---
@@ -306,12 +304,6 @@ def get_agent_session(
         max_messages=settings.max_messages,
         settings=settings,
     )
-
-
-def _owner_text(owner: tuple[str | None, str | None]) -> str:
-    if owner[0] is None:
-        return "not known"
-    return f"user {owner[0]!r}, conversation {owner[1]!r}"
 
 
 def _as_item_list(items: object) -> list[TResponseInputItem]:

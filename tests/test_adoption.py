@@ -355,9 +355,9 @@ async def test_hand_built_ids_with_underscores_keep_their_history(tmp_path: Path
     assert listed == ["user_ada_lovelace_conv_trip-1"]
 
 
-async def test_an_id_with_two_readings_is_not_handed_to_either_pair(tmp_path: Path) -> None:
+async def test_a_hand_built_id_that_is_also_ours_stays_with_its_author(tmp_path: Path) -> None:
     # "user_a%5Fb_conv_c" is what an app that built ids by hand wrote for user "a%5Fb", and
-    # also get_session_id("a_b", "c"): whoever wrote it, the other must never read it.
+    # also get_session_id("a_b", "c"): user "a_b" must never read "a%5Fb"'s history.
     from agents import SQLiteSession
 
     path = tmp_path / "legacy.db"
@@ -369,19 +369,40 @@ async def test_an_id_with_two_readings_is_not_handed_to_either_pair(tmp_path: Pa
         owners = {
             s.session_id: (s.user_id, s.conversation_id) for s in await manager.list_sessions()
         }
-    assert owners == {"user_a%5Fb_conv_c": (None, None), "user_a_b_conv_c": ("a_b", "c")}
+    assert owners == {"user_a%5Fb_conv_c": ("a%5Fb", "c"), "user_a_b_conv_c": ("a_b", "c")}
     with AgentSession("a_b", "c", db_path=path) as session:
         assert session.session_id == "user_a_b_conv_c"  # its own hand-built id
         assert await session.get_items() == [user("written as user_a_b_conv_c")]
     with AgentSession("a%5Fb", "c", db_path=path) as session:
-        assert await session.get_items() == []  # its hand-built id is ambiguous: not taken
+        assert session.session_id == "user_a%5Fb_conv_c"  # its own hand-built id
+        assert await session.get_items() == [user("written as user_a%5Fb_conv_c")]
 
     execute(path, "DELETE FROM agent_sessions WHERE session_id = 'user_a_b_conv_c'")
-    with pytest.raises(InvalidIdentifierError, match=r"user_a%5Fb_conv_c.*owner is not known"):
+    with pytest.raises(InvalidIdentifierError, match=r"user_a%5Fb_conv_c.*belongs.*'a%5Fb'"):
         AgentSession("a_b", "c", db_path=path)
-    assert query(
-        path, "SELECT COUNT(*) FROM agent_messages WHERE session_id = ?", ("user_a%5Fb_conv_c",)
-    ) == [(1,)]
+    rows = query(path, "SELECT session_id, COUNT(*) FROM agent_messages GROUP BY session_id")
+    assert rows == [("user_a%5Fb_conv_c", 1), ("user_a_b_conv_c", 1)], "something was written"
+
+
+async def test_a_session_row_without_owner_is_claimed_by_its_pair(tmp_path: Path) -> None:
+    # A plain SQLiteSession sharing the file may create or recreate (after its own
+    # clear_session) the row of one of our ids: it has no owner, and the pair claims it.
+    from agents import SQLiteSession
+
+    path = tmp_path / "shared.db"
+    with AgentSession("alice smith", "c1", db_path=path) as ours:
+        await ours.add_items([user("ours")])
+        sdk = SQLiteSession(ours.session_id, path)
+        await sdk.clear_session()
+        await sdk.add_items([user("the SDK's")])  # type: ignore[list-item]
+        sdk.close()
+    assert query(path, "SELECT user_id FROM agent_sessions") == [(None,)]
+    with AgentSession("alice smith", "c1", db_path=path) as again:
+        assert await again.get_items() == [user("the SDK's")]
+        await again.add_items([user("claimed")])
+    assert query(path, "SELECT user_id, conversation_id FROM agent_sessions") == [
+        ("alice smith", "c1")
+    ]
 
 
 async def test_a_version_2_database_is_upgraded_and_its_sessions_rechecked(
