@@ -697,8 +697,8 @@ LATE_CALL_NONE = 0
 """``late_call_row`` when the session is known to hold no call answered after a later user
 message: then the first user message in the kept window is always a valid cut. ``NULL`` means
 not known (a new or adopted session, one a plain SQLiteSession wrote to, or a write that may
-have stored such a pair); a row id names the oldest such call. Either way prune() decodes the
-whole session and sets it again."""
+have stored such a pair); a row id names the oldest such call. Either way the next prune()
+that has something to cut decodes the whole session and sets it again."""
 SET_LATE_CALL_ROW = f"UPDATE {SESSIONS_TABLE} SET late_call_row = ? WHERE session_id = ?"
 FORGET_LATE_CALL_ROW = f"UPDATE {SESSIONS_TABLE} SET late_call_row = NULL WHERE session_id = ?"
 DELETE_ROWS_BEFORE = f"DELETE FROM {MESSAGES_TABLE} WHERE session_id = ? AND id < ?"

@@ -533,3 +533,18 @@ async def test_a_relative_path_names_one_file_whatever_the_thread_or_directory(
         assert await manager.list_sessions() == []
     async with SessionManager(first / "app.db", max_messages=10, retention_days=7) as manager:
         assert [s.conversation_id for s in await manager.list_sessions()] == ["c"]
+
+
+async def test_sessions_already_open_follow_once_a_session_reopens_the_file(
+    db_path: Path,
+) -> None:
+    with AgentSession("u", "old", db_path=db_path) as earlier:
+        await earlier.add_items([user("before")])
+        _remove_database(db_path)
+        with AgentSession("u", "new", db_path=db_path):  # notices the file is gone
+            pass
+        await earlier.add_items([user("after")])
+        assert await earlier.get_items() == [user("after")]
+    with closing(sqlite3.connect(db_path)) as conn:
+        rows = conn.execute("SELECT session_id, message_data FROM agent_messages").fetchall()
+    assert rows == [("user_u_conv_old", '{"role": "user", "content": "after"}')]
