@@ -132,6 +132,8 @@ class SessionManager:
             maximum=MAX_RETENTION_DAYS,
         )
         self.cleanup_batch_size = positive_int(cleanup_batch_size, "cleanup_batch_size")
+        # Kept for the scheduler, which takes the schedule (hour, minute, zone) from them.
+        self.settings = settings
         self._clock: Clock = clock or utc_now
         self._create = create
         self._db: aiosqlite.Connection | None = None

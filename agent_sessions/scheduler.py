@@ -71,7 +71,8 @@ def start_cleanup_scheduler(
         manager: The manager to clean up with (the caller closes it); by default each run
             opens its own from ``settings``.
         scheduler: An existing scheduler to add the job to; by default a new one.
-        settings: Settings for the schedule and the default manager.
+        settings: Settings for the schedule and the default manager; by default the
+            ``manager``'s own settings (those it was built with), else ``get_settings()``.
 
     Returns:
         The scheduler; call ``scheduler.shutdown()`` on exit.
@@ -80,7 +81,8 @@ def start_cleanup_scheduler(
         SchedulerError: if the scheduler must be started and no event loop is running (it
             was called from synchronous code); nothing is scheduled then.
     """
-    settings = settings or get_settings()
+    if settings is None:
+        settings = (manager.settings if manager is not None else None) or get_settings()
     zone = ZoneInfo(settings.timezone)
     if scheduler is None:
         scheduler = AsyncIOScheduler(timezone=zone)

@@ -27,6 +27,7 @@ from agent_sessions import (
     SchedulerError,
     SessionManager,
     SessionNotFoundError,
+    get_settings,
     start_cleanup_scheduler,
     storage,
 )
@@ -537,3 +538,35 @@ def test_starting_the_scheduler_without_an_event_loop_is_a_clear_error(db_path: 
         start_cleanup_scheduler(scheduler=scheduler, settings=paris_settings(db_path))
     assert scheduler.get_jobs() == [], "a job was registered although nothing could run it"
     assert not scheduler.running
+
+
+async def test_scheduler_takes_the_schedule_from_the_managers_settings(
+    db_path: Path, clock: FakeClock, scheduler: AsyncIOScheduler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The environment says 02:00 UTC; the manager was built for 03:15 in Paris: the manager wins.
+    monkeypatch.setenv("AGENT_SESSION_CLEANUP_HOUR", "2")
+    get_settings.cache_clear()
+    assert get_settings().cleanup_hour == 2
+    own = paris_settings(db_path, cleanup_hour=3, cleanup_minute=15)
+    async with SessionManager(settings=own, clock=clock) as manager:
+        start_cleanup_scheduler(manager, scheduler=scheduler)
+        job = scheduler.get_job(CLEANUP_JOB_ID)
+        assert job is not None
+        fields = {field.name: str(field) for field in job.trigger.fields}
+        assert (fields["hour"], fields["minute"]) == ("3", "15"), fields
+        assert str(job.trigger.timezone) == "Europe/Paris"
+        assert job.args == (manager, own)
+
+
+async def test_scheduler_with_explicit_settings_overrides_the_managers(
+    db_path: Path, clock: FakeClock, scheduler: AsyncIOScheduler
+) -> None:
+    own = paris_settings(db_path, cleanup_hour=3, cleanup_minute=15)
+    async with SessionManager(settings=own, clock=clock) as manager:
+        start_cleanup_scheduler(
+            manager, scheduler=scheduler, settings=paris_settings(db_path, cleanup_hour=5)
+        )
+        job = scheduler.get_job(CLEANUP_JOB_ID)
+        assert job is not None
+        fields = {field.name: str(field) for field in job.trigger.fields}
+        assert (fields["hour"], fields["minute"]) == ("5", "30"), fields
