@@ -7,7 +7,7 @@ Every error the library raises on purpose derives from one base, so an app can c
     ├── InvalidArgumentError      (also ValueError)  an argument is out of range or of a bad type
     │   ├── ConfigurationError                       a setting is invalid
     │   ├── InvalidIdentifierError                   a user or conversation id is unusable
-    │   └── InvalidItemError                         an item cannot be stored as JSON
+    │   └── InvalidItemError      (also TypeError)   an item cannot be stored as JSON
     ├── SessionNotFoundError      (also LookupError) no session has that id
     ├── SessionClosedError        (also RuntimeError) the session or manager was closed
     ├── SchedulerError            (also RuntimeError) the cleanup scheduler cannot start
@@ -41,8 +41,12 @@ class InvalidIdentifierError(InvalidArgumentError):
     """A user id, conversation id or session id cannot be used."""
 
 
-class InvalidItemError(InvalidArgumentError):
-    """An item passed to ``add_items`` is not a JSON object that can be stored."""
+class InvalidItemError(InvalidArgumentError, TypeError):
+    """An item passed to ``add_items`` is not a JSON object that can be stored.
+
+    Also a ``TypeError``, as the SDK's ``SQLiteSession`` raises for an item that is not
+    JSON-serialisable, so code written for it catches this the same way.
+    """
 
 
 class SessionNotFoundError(AgentSessionsError, LookupError):
@@ -54,7 +58,11 @@ class SessionNotFoundError(AgentSessionsError, LookupError):
 
 
 class SessionClosedError(AgentSessionsError, RuntimeError):
-    """The session or manager was used after ``close()``."""
+    """The session or manager was used after ``close()``.
+
+    A closed ``AgentSession``'s message contains the SDK's wording, ``SQLiteSession is
+    closed``, so code matching ``SQLiteSession``'s ``RuntimeError`` keeps working.
+    """
 
 
 class SchedulerError(AgentSessionsError, RuntimeError):

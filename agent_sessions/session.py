@@ -31,7 +31,7 @@ from .ids import (
     optional_limit,
     positive_int,
 )
-from .settings import AgentSessionSettings, get_settings, resolve_setting
+from .settings import AgentSessionSettings, resolve_setting
 
 logger = logging.getLogger("agent_sessions")
 
@@ -231,7 +231,10 @@ class AgentSession(SQLiteSession):
 
     def _open_engine(self) -> Engine:
         if self._closed:
-            raise SessionClosedError(f"session {self.session_id!r} is closed")
+            # The SDK's own wording too: code written for SQLiteSession may match it.
+            raise SessionClosedError(
+                f"session {self.session_id!r} is closed (SQLiteSession is closed)"
+            )
         return self._memory if self._memory is not None else registry.get(str(self.db_path))
 
     # --- SQLiteSession internals that must not be reached on this class ---
@@ -288,21 +291,29 @@ def get_agent_session(
     conversation_id: str | uuid.UUID,
     *,
     db_path: str | Path | None = None,
+    max_messages: int | None = None,
     settings: AgentSessionSettings | None = None,
+    session_settings: SessionSettings | dict[str, Any] | None = None,
+    clock: Clock | None = None,
 ) -> AgentSession:
     """Return the ``AgentSession`` for a (user, conversation) pair, configured from settings.
 
+    Takes the same keyword arguments as ``AgentSession``; those given win over the
+    settings (``settings``, else ``get_settings()``).
+
     Raises:
         InvalidIdentifierError: if an id is unusable.
+        InvalidArgumentError: if an argument is out of range or of the wrong type.
         StorageError: (a subclass) naming the path if the database cannot be opened.
     """
-    settings = settings or get_settings()
     return AgentSession(
         user_id,
         conversation_id,
-        db_path=db_path if db_path is not None else settings.db_path,
-        max_messages=settings.max_messages,
+        db_path=db_path,
+        max_messages=max_messages,
         settings=settings,
+        session_settings=session_settings,
+        clock=clock,
     )
 
 

@@ -10,6 +10,8 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+from agents import SQLiteSession
+from agents.memory import SessionSettings
 
 from agent_sessions import (
     AgentSession,
@@ -20,6 +22,7 @@ from agent_sessions import (
     InvalidItemError,
     SessionClosedError,
     SessionManager,
+    SessionStats,
     StorageUnavailableError,
     get_agent_session,
     storage,
@@ -69,6 +72,36 @@ async def test_settings_object_and_explicit_arguments(db_path: Path) -> None:
         assert Path(session.db_path) == db_path
     with AgentSession("u", "c", settings=settings, max_messages=9) as session:
         assert session.max_messages == 9
+
+
+async def test_factory_takes_the_constructors_keyword_arguments(
+    db_path: Path, clock: FakeClock
+) -> None:
+    settings = AgentSessionSettings(db_path=db_path, max_messages=3)
+    with get_agent_session(
+        "u",
+        "c",
+        settings=settings,
+        max_messages=5,
+        session_settings=SessionSettings(limit=2),
+        clock=clock,
+    ) as session:
+        assert session.max_messages == 5, "explicit arguments win over settings"
+        await session.add_items([user(f"m{n}") for n in range(6)])
+        assert await session.get_items() == [user("m4"), user("m5")], "limit=2 read"
+    stats = await _stats(db_path, "user_u_conv_c")
+    assert stats.message_count == 5
+    assert stats.last_activity == clock.now
+    with get_agent_session("u", "c", max_messages=5) as default_path:  # cwd is tmp_path
+        assert Path(default_path.db_path).name == "agent_sessions.db"
+        assert default_path.max_messages == 5
+    with pytest.raises(InvalidArgumentError, match="max_messages"):
+        get_agent_session("u", "c", db_path=db_path, max_messages=0)
+
+
+async def _stats(db_path: Path, session_id: str) -> SessionStats:
+    async with SessionManager(db_path) as manager:
+        return await manager.get_session_stats(session_id)
 
 
 @pytest.mark.parametrize("bad", ["", "   ", "a\nb", "x" * 129, 42, None, b"bytes"])
@@ -186,6 +219,25 @@ async def test_closed_session_raises_our_error(db_path: Path) -> None:
         with pytest.raises(SessionClosedError, match="closed"):
             await call
     session.close()  # closing twice is harmless
+
+
+async def test_errors_are_caught_as_the_sdks_sqlitesession_errors_are(db_path: Path) -> None:
+    # Code written for SQLiteSession catches TypeError for an unserialisable item and
+    # matches RuntimeError("SQLiteSession is closed"); it must work unchanged with ours.
+    sdk = SQLiteSession("s", db_path=":memory:")
+    with pytest.raises(TypeError):
+        await sdk.add_items([{"role": "user", "content": object()}])  # type: ignore[list-item]
+    sdk.close()
+    session = AgentSession("u", "c", db_path=db_path)
+    with pytest.raises(TypeError):
+        await session.add_items([{"role": "user", "content": object()}])  # type: ignore[list-item]
+    with pytest.raises(TypeError):
+        await session.add_items({"role": "user", "content": "x"})  # type: ignore[arg-type]
+    session.close()
+    with pytest.raises(RuntimeError, match="SQLiteSession is closed") as raised:
+        await session.get_items()
+    assert isinstance(raised.value, SessionClosedError)
+    assert "'user_u_conv_c'" in str(raised.value)
 
 
 async def test_async_context_manager(db_path: Path) -> None:
