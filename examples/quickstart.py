@@ -1,9 +1,10 @@
 """Quickstart: an agent that remembers, across turns and across a restart.
 
-Run it with ``python examples/quickstart.py``. With ``OPENAI_API_KEY`` set it talks to the
-real model; without it, it runs offline on the SDK's ``ScriptedModel`` (canned replies, a
-real tool call) so every step of the session is still real: the SQLite file, the history
-the model is given, pruning and stats.
+Run it with ``python examples/quickstart.py`` (``--db PATH`` to write elsewhere than
+``data/quickstart.db``). With ``OPENAI_API_KEY`` set it talks to the real model; without it,
+it runs offline on the SDK's ``ScriptedModel`` (canned replies, a real tool call) so every
+step of the session is still real: the SQLite file, the history the model is given, pruning
+and stats.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 OFFLINE = not os.environ.get("OPENAI_API_KEY")
 if OFFLINE:
@@ -25,11 +28,14 @@ from agent_sessions import (  # noqa: E402
     AgentSessionSettings,
     SessionManager,
     get_agent_session,
+    get_session_id,
 )
 
-DB_PATH = Path(__file__).resolve().parent.parent / "data" / "quickstart.db"
-SETTINGS = AgentSessionSettings(db_path=DB_PATH, max_messages=8)
+DEFAULT_DB_PATH = Path(__file__).resolve().parent.parent / "data" / "quickstart.db"
+MAX_MESSAGES = 8
 USER, CONVERSATION = "ada", "trip-planning"
+USER_SESSION_ID = get_session_id(USER, CONVERSATION)  # 'user_ada_conv_trip-planning'
+SETTINGS = AgentSessionSettings(db_path=DEFAULT_DB_PATH, max_messages=MAX_MESSAGES)
 
 
 @function_tool
@@ -56,26 +62,57 @@ def build_agent(script: list[list[object]]) -> tuple[Agent, ScriptedModel | None
     return agent, scripted
 
 
-async def turn(agent: Agent, scripted: ScriptedModel | None, text: str) -> None:
-    """Run one turn and show what the model was given."""
+def describe(item: Any) -> str:
+    """One line for an item: its role or type, and its text or tool call."""
+    if not isinstance(item, dict):
+        return repr(item)[:70]
+    if item.get("type") == "function_call":
+        return f"function_call {item.get('name')}({item.get('arguments')})"
+    if item.get("type") == "function_call_output":
+        return f"function_call_output {str(item.get('output'))[:50]!r}"
+    content = item.get("content")
+    if isinstance(content, list):
+        content = " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return f"{item.get('role', item.get('type'))}: {str(content)[:60]!r}"
+
+
+def user_texts(items: list[Any]) -> list[str]:
+    return [str(i.get("content")) for i in items if isinstance(i, dict) and i.get("role") == "user"]
+
+
+async def turn(
+    agent: Agent, scripted: ScriptedModel | None, text: str, *, show_input: bool = False
+) -> None:
+    """Run one turn and show what the model was given, and what pruning removed."""
     with get_agent_session(USER, CONVERSATION, settings=SETTINGS) as session:
-        before = len(await session.get_items())
+        stored_before = await session.get_items()
         calls_before = len(scripted.calls) if scripted else 0
         result = await Runner.run(agent, text, session=session)
-        after = len(await session.get_items())
+        stored_after = await session.get_items()
+    before, after = len(stored_before), len(stored_after)
     print(f"  user: {text}")
     print(f"  agent: {result.final_output}")
     given = ""
     if scripted is not None:
-        given = f"; the model was given {len(scripted.calls[calls_before].input)} items"
+        model_input = scripted.calls[calls_before].input
+        given = f"; the model was given {len(model_input)} items"
+        if show_input and isinstance(model_input, list):
+            print("  the model received, oldest first:")
+            for item in model_input:
+                print(f"    - {describe(item)}")
     print(f"  (history: {before} items before this turn, {after} after{given})")
+    removed = [t for t in user_texts(stored_before) if t not in user_texts(stored_after)]
+    if removed:
+        turns = ", ".join(repr(gone) for gone in removed)
+        print(f"  pruning removed the oldest turn(s), each whole: {turns}")
 
 
 async def first_process() -> None:
     """Two turns, then a restart, then enough turns to see pruning."""
     mode = "offline, ScriptedModel" if OFFLINE else "the real OpenAI API"
-    print(f"agent_sessions quickstart ({mode}); database: {DB_PATH}")
-    for leftover in DB_PATH.parent.glob(f"{DB_PATH.name}*"):
+    db_path = SETTINGS.db_path
+    print(f"agent_sessions quickstart ({mode}); database: {db_path}")
+    for leftover in db_path.parent.glob(f"{db_path.name}*"):
         leftover.unlink()
 
     print("\n1. Two turns in this process: the second one remembers the first.")
@@ -87,14 +124,16 @@ async def first_process() -> None:
         ]
     )
     await turn(agent, scripted, "Hi, I'm Ada. What's the weather in Lisbon?")
-    await turn(agent, scripted, "What's my name, and which city did I ask about?")
+    await turn(agent, scripted, "What's my name, and which city did I ask about?", show_input=True)
 
     print("\n2. A restart: a new process opens the same session and carries on.")
-    child = await asyncio.create_subprocess_exec(sys.executable, __file__, "--second-process")
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--second-process", "--db", str(db_path)
+    )
     if await child.wait() != 0:
         raise SystemExit(f"the second process failed with exit code {child.returncode}")
 
-    print(f"\n3. Pruning: max_messages={SETTINGS.max_messages}; old turns are cut whole.")
+    print(f"\n3. Pruning: max_messages={MAX_MESSAGES}; old turns are cut whole.")
     cities = ["Porto", "Madrid", "Rome", "Oslo"]
     agent, scripted = build_agent(
         [
@@ -118,6 +157,11 @@ async def first_process() -> None:
             )
         print(f"  active sessions: {await manager.get_active_session_count()}")
 
+    print("\n5. Inspect the file with the CLI (it reads the default database unless given --db,")
+    print("   so a plain `agent-sessions stats` does not look at this one):")
+    print(f"  agent-sessions --db {shlex.quote(str(db_path))} stats")
+    print(f"  agent-sessions --db {shlex.quote(str(db_path))} show {USER_SESSION_ID}")
+
 
 async def second_process() -> None:
     """Runs in a fresh interpreter: everything it knows comes from the database."""
@@ -130,6 +174,8 @@ async def second_process() -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--db", type=Path, default=DEFAULT_DB_PATH, help="SQLite file to write")
     parser.add_argument("--second-process", action="store_true", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
+    SETTINGS = AgentSessionSettings(db_path=arguments.db.resolve(), max_messages=MAX_MESSAGES)
     asyncio.run(second_process() if arguments.second_process else first_process())

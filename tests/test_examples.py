@@ -13,16 +13,27 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_quickstart_runs_offline_and_remembers_across_processes() -> None:
+def _checkout_data() -> dict[str, tuple[int, int]]:
+    folder = ROOT / "data"
+    return {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.glob("*")}
+
+
+def test_quickstart_runs_offline_and_remembers_across_processes(tmp_path: Path) -> None:
+    # Run where the tests may write (tmp_path), never over the checkout's data/quickstart.db.
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    db = tmp_path / "quickstart.db"
+    before = _checkout_data()
     result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "quickstart.py")],
+        [sys.executable, str(ROOT / "examples" / "quickstart.py"), "--db", str(db)],
         capture_output=True,
         text=True,
         env=env,
+        cwd=tmp_path,
         timeout=120,
         check=True,
     )
+    assert _checkout_data() == before, "the test must not touch the checkout's data/"
+    assert db.is_file()
     out = result.stdout
     assert "offline, ScriptedModel" in out
     history = [int(n) for n in re.findall(r"history: (\d+) items before this turn", out)]
@@ -32,6 +43,27 @@ def test_quickstart_runs_offline_and_remembers_across_processes() -> None:
     assert after[2] == 8, "the second process must carry on from the stored history"
     assert all(n <= 8 for n in after), f"pruning should keep at most 8 items: {after}"
     assert "user_ada_conv_trip-planning: 8 items" in out
+    # The proof is visible: what the model received on the second turn, what pruning cut.
+    second_input = out.split("the model received, oldest first:")[1].split("(history")[0]
+    assert "user: \"Hi, I'm Ada. What's the weather in Lisbon?\"" in second_input
+    assert "function_call get_weather" in second_input
+    assert "function_call_output" in second_input
+    assert "pruning removed the oldest turn(s), each whole: \"Hi, I'm Ada." in out
+    # ... and the CLI command it prints inspects that very file.
+    command = re.search(r"agent-sessions --db (\S+) stats", out)
+    assert command is not None, out
+    assert Path(command.group(1)) == db, out
+    run_cli = "import sys; from agent_sessions.cli import main; sys.exit(main())"
+    cli = subprocess.run(
+        [sys.executable, "-c", run_cli, "--db", command.group(1), "stats"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert re.search(r"^sessions +1$", cli.stdout, re.MULTILINE), cli.stdout
+    assert re.search(r"^average items per session +8\.0$", cli.stdout, re.MULTILINE), cli.stdout
 
 
 def test_fastapi_app_remembers_per_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
