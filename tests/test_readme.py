@@ -1,0 +1,41 @@
+"""The README's "Your own app" code runs as written: its app module and its offline test."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_files() -> dict[str, str]:
+    """Python blocks of the README whose first line is ``# NAME.py``, by file name."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    named = {}
+    for block in blocks:
+        first = block.splitlines()[0]
+        if re.fullmatch(r"# \w+\.py", first):
+            named[first[2:]] = block
+    return named
+
+
+def test_the_readmes_app_and_its_offline_test_pass(tmp_path: Path) -> None:
+    files = readme_files()
+    assert {"app.py", "test_app.py"} <= files.keys()
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    options = ["-o", "asyncio_mode=auto", "-o", "asyncio_default_fixture_loop_scope=function"]
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_app.py", *options],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(tmp_path)},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
