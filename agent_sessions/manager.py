@@ -17,7 +17,7 @@ from typing import Any, Self, TypeVar
 import aiosqlite
 from pydantic import BaseModel, ConfigDict
 
-from . import storage
+from . import codec, storage
 from .clock import Clock, days_before, from_timestamp, now_timestamp, to_timestamp, utc_now
 from .errors import (
     EventLoopMismatchError,
@@ -318,7 +318,7 @@ class SessionManager:
     async def _stats(db: aiosqlite.Connection, row: Any) -> SessionStats:
         session_id, user_id, conversation_id, created_ts, last_activity_ts = row
         rows = await db.execute_fetchall(storage.SELECT_ALL_ROWS, (session_id,))
-        decoded = storage.decode_rows(rows)  # type: ignore[arg-type]
+        decoded = codec.decode_rows(rows)  # type: ignore[arg-type]
         return SessionStats(
             session_id=session_id,
             user_id=user_id,
@@ -360,7 +360,7 @@ class SessionManager:
         async def items(db: aiosqlite.Connection) -> list[dict[str, Any]]:
             await self._require(db, session_id)
             rows = await db.execute_fetchall(storage.SELECT_ALL_ROWS, (session_id,))
-            return [dict(item) for item in storage.decode_rows(rows).items]  # type: ignore[arg-type]
+            return [dict(item) for item in codec.decode_rows(rows).items]  # type: ignore[arg-type]
 
         return await self._use(items)
 

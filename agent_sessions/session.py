@@ -15,7 +15,7 @@ from agents.items import TResponseInputItem
 from agents.memory import SessionSettings
 from agents.memory.session_settings import coerce_session_settings, resolve_session_limit
 
-from . import storage
+from . import codec, storage
 from .clock import Clock, now_timestamp, utc_now
 from .engine import Engine, EngineClosed, registry
 from .errors import (
@@ -185,7 +185,7 @@ class AgentSession(SQLiteSession):
             return
         if not isinstance(items, list):
             items = _as_item_list(items)
-        payloads = storage.encode_items(items)
+        payloads = codec.encode_items(items)
         now = now_timestamp(self._clock)
         pruned = await self._call(
             lambda conn: storage.append_items(

@@ -398,7 +398,7 @@ async def test_rows_that_parse_only_when_joined_are_still_corrupt(db_path: Path)
 
 
 async def test_items_nested_deeper_than_can_be_read_back_are_refused(db_path: Path) -> None:
-    from agent_sessions.storage import MAX_ITEM_DEPTH
+    from agent_sessions.codec import MAX_ITEM_DEPTH
 
     def nested(levels: int) -> dict[str, object]:
         value: object = "leaf"

@@ -41,10 +41,10 @@ from agent_sessions import (
     get_session_id,
 )
 from agent_sessions import cli as cli_module
+from agent_sessions.codec import MAX_ITEM_DEPTH
 from agent_sessions.ids import MAX_ID_LENGTH
 from agent_sessions.pruning import pairing
 from agent_sessions.session import AgentSession
-from agent_sessions.storage import MAX_ITEM_DEPTH
 from tests.conftest import FakeClock
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("agent-sessions")
