@@ -22,7 +22,8 @@ from .errors import (
     StorageUnavailableError,
 )
 from .ids import get_session_id
-from .manager import SessionManager, SessionStats
+from .manager import SessionManager
+from .models import SessionStats
 from .settings import AgentSessionSettings, get_settings
 
 if TYPE_CHECKING:

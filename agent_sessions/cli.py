@@ -24,7 +24,8 @@ from .errors import (
     SessionNotFoundError,
 )
 from .ids import MAX_COUNT
-from .manager import SessionManager, SessionStats
+from .manager import SessionManager
+from .models import SessionStats
 from .settings import MAX_RETENTION_DAYS, AgentSessionSettings, load_settings
 
 EXIT_OK = 0

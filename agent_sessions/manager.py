@@ -9,13 +9,11 @@ import time
 import uuid
 import warnings
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import aiosqlite
-from pydantic import BaseModel, ConfigDict
 
 from . import codec, storage
 from .clock import Clock, days_before, from_timestamp, now_timestamp, to_timestamp, utc_now
@@ -28,6 +26,7 @@ from .errors import (
     StorageUnavailableError,
 )
 from .ids import normalize_identifier, positive_int
+from .models import SessionStats
 from .settings import MAX_RETENTION_DAYS, AgentSessionSettings, resolve_setting
 
 logger = logging.getLogger("agent_sessions")
@@ -45,23 +44,6 @@ CLEANUP_TRANSACTION_SECONDS = 0.01
 
 _MAX_CLEANUP_BATCH = 500  # ids bound as parameters; well under SQLite's variable limit
 _CHECKPOINT_EVERY_BATCHES = 50
-
-
-class SessionStats(BaseModel):
-    """What is stored for one session."""
-
-    model_config = ConfigDict(frozen=True)
-
-    session_id: str
-    user_id: str | None
-    """``None`` for an adopted session whose id cannot be split unambiguously."""
-    conversation_id: str | None
-    message_count: int
-    """Stored items that decode as items."""
-    corrupt_items: int
-    """Stored rows that could not be decoded (skipped on read)."""
-    created_at: datetime
-    last_activity: datetime
 
 
 MAX_SESSION_ID_LENGTH = 4096
