@@ -1,0 +1,163 @@
+"""The storage seam: everything sessions, the manager, the scheduler and the CLI ask of a database.
+
+A backend owns one database (a SQLite file, a PostgreSQL server) and hides its driver, its
+SQL and its connections. The rest of the library speaks to it only through ``Backend``; the
+pure decisions that must be the same everywhere (the pruning rule, the item codec, ids)
+live beside the backends, not inside one of them.
+
+Conventions every backend keeps:
+
+* Times are POSIX seconds (``float``, UTC) from the caller's injected clock: a backend
+  never reads the time itself, so tests move it by hand.
+* Payloads are the JSON text ``codec.encode_items`` produced, stored and returned byte for
+  byte; rows that do not decode are set aside as corrupt (``codec.DecodedRows``).
+* Every write (``append_items``, ``pop_item``, ``delete_session``, ``prune_session``, each
+  cleanup batch) is one transaction: done whole or not at all.
+* Errors are the library's: driver errors leave a backend only as ``StorageError``
+  subclasses naming ``location``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..codec import DecodedRows
+from ..models import SessionStats
+from ..pruning import Item
+
+Owner = tuple[str | None, str | None]
+"""A session's stored ``(user_id, conversation_id)``; either is ``None`` where unknown."""
+
+
+@dataclass(frozen=True)
+class SessionKey:
+    """Who a session belongs to, as written to its row."""
+
+    session_id: str
+    user_id: str | None
+    conversation_id: str | None
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Counts over the whole database."""
+
+    sessions: int
+    items: int
+    """Stored rows, corrupt ones included."""
+    active_sessions: int
+    """Sessions whose last activity is at or after the cutoff asked for."""
+
+
+class Backend(Protocol):
+    """One database, as the rest of the library sees it."""
+
+    @property
+    def location(self) -> str:
+        """What messages name: the file's path, or the URL without its password."""
+        ...
+
+    async def open(self) -> None:
+        """Connect, and create or migrate the schema; idempotent.
+
+        Raises:
+            StorageUnavailableError: if the database cannot be reached, or does not exist
+                (or holds no sessions) and the backend was made with ``create=False``.
+            StorageError: if its schema is newer than this library, or not ours.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Release what this object holds; idempotent."""
+        ...
+
+    # --- one session ---
+
+    async def read_items(self, session_id: str, limit: int | None) -> DecodedRows:
+        """A session's items, oldest first; ``None`` or a negative limit reads all.
+
+        ``limit=n > 0`` returns the newest ``n`` decodable items (the window widens past
+        corrupt rows); ``0`` returns none. An unknown session has no items.
+        """
+        ...
+
+    async def stored_items(self, session_id: str) -> DecodedRows | None:
+        """All of a session's items, or ``None`` if no session has that id."""
+        ...
+
+    async def append_items(
+        self,
+        key: SessionKey,
+        items: Sequence[Item],
+        payloads: Sequence[str],
+        now: float,
+        max_items: int,
+    ) -> int:
+        """Record activity, store the items and prune to ``max_items``, in one transaction.
+
+        Creates the session row if needed. A tool output or approval response whose call is
+        neither earlier in ``items`` nor stored is left out (with a warning): the model
+        would reject it.
+
+        Returns:
+            The number of items pruned.
+        """
+        ...
+
+    async def pop_item(self, session_id: str, now: float) -> Item | None:
+        """Delete and return the newest decodable item, or ``None`` if there is none."""
+        ...
+
+    async def delete_session(self, session_id: str) -> int | None:
+        """Delete a session and its items; the items deleted, or ``None`` if it did not exist."""
+        ...
+
+    async def session_owner(self, session_id: str) -> Owner | None:
+        """The stored owner of a session, or ``None`` if no session has that id."""
+        ...
+
+    async def prune_session(self, session_id: str, max_items: int) -> int | None:
+        """Apply the pruning rule now; the items deleted, or ``None`` for an unknown session."""
+        ...
+
+    # --- many sessions ---
+
+    async def session_stats(self, session_id: str) -> SessionStats | None:
+        """What is stored for one session, or ``None`` if no session has that id."""
+        ...
+
+    async def list_sessions(
+        self, user_id: str | None, limit: int, offset: int
+    ) -> list[SessionStats]:
+        """Sessions (of ``user_id``, or all), most recent activity first."""
+        ...
+
+    async def list_idle_sessions(self, cutoff: float, limit: int | None) -> list[SessionStats]:
+        """Sessions whose last activity is before ``cutoff``, oldest activity first."""
+        ...
+
+    async def session_ids(self) -> list[str]:
+        """Every session id, sorted."""
+        ...
+
+    async def totals(self, active_since: float) -> Totals:
+        """Session and item counts, and how many sessions were active since the cutoff."""
+        ...
+
+    async def count_idle_sessions(self, cutoff: float) -> int:
+        """How many sessions' last activity is before ``cutoff``."""
+        ...
+
+    async def delete_idle_batch(self, cutoff: float, batch_size: int) -> int:
+        """Delete up to ``batch_size`` sessions idle since before ``cutoff``, in one transaction.
+
+        Idleness is checked inside the transaction: a session written meanwhile is kept
+        whole. Returns the number of sessions deleted (0: none left).
+        """
+        ...
+
+    async def finish_cleanup(self) -> None:
+        """Housekeeping after a cleanup deleted sessions (SQLite: a WAL checkpoint)."""
+        ...
