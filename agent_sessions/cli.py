@@ -127,6 +127,15 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat(timespec="seconds")
 
 
+SETTINGS_HEADING = "settings (not stored in the database)"
+
+
+def _fields(fields: Mapping[str, object], out: TextIO) -> None:
+    width = max(len(key) for key in fields)
+    for key, value in fields.items():
+        out.write(f"{key.replace('_', ' '):<{width}}  {value}\n")
+
+
 def _stats_json(stats: SessionStats) -> dict[str, Any]:
     return stats.model_dump(mode="json")
 
@@ -188,21 +197,22 @@ def render_markdown(stats: SessionStats, items: Sequence[Mapping[str, Any]]) -> 
 
 
 async def _stats(manager: SessionManager, args: argparse.Namespace, out: TextIO) -> int:
-    summary = {
+    summary: dict[str, Any] = {
         "database": manager.db_path,
         "sessions": await manager.get_session_count(),
         "active_sessions": await manager.get_active_session_count(),
         "idle_sessions": await manager.cleanup_inactive_sessions(dry_run=True),
         "average_items_per_session": round(await manager.get_average_messages_per_session(), 2),
-        "retention_days": manager.retention_days,
-        "max_messages": manager.max_messages,
     }
+    # The CLI's own settings, not facts about the file: the sessions in it may have been
+    # written with another max_messages. Active and idle are counted with retention_days.
+    settings = {"retention_days": manager.retention_days, "max_messages": manager.max_messages}
     if args.json:
-        out.write(json.dumps(summary, indent=2) + "\n")
+        out.write(json.dumps({**summary, "settings": settings}, indent=2) + "\n")
     else:
-        width = max(len(key) for key in summary)
-        for key, value in summary.items():
-            out.write(f"{key.replace('_', ' '):<{width}}  {value}\n")
+        _fields(summary, out)
+        out.write(f"\n{SETTINGS_HEADING}\n")
+        _fields(settings, out)
     return EXIT_OK
 
 

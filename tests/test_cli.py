@@ -101,15 +101,17 @@ def text_fields(output: str) -> dict[str, str]:
 def test_stats_text(populated: Path) -> None:
     code, output = run("--db", populated, "stats")
     assert code == 0
-    assert text_fields(output) == {
+    stored, _, settings = output.partition("\n\n")
+    assert text_fields(stored) == {
         "database": str(populated),
         "sessions": "3",
         "active sessions": "2",
         "idle sessions": "1",
         "average items per session": "3.67",
-        "retention days": "7",
-        "max messages": "200",
     }, output
+    heading, _, settings = settings.partition("\n")
+    assert heading == "settings (not stored in the database)", output
+    assert text_fields(settings) == {"retention days": "7", "max messages": "200"}, output
 
 
 def test_stats_json(populated: Path) -> None:
@@ -121,9 +123,29 @@ def test_stats_json(populated: Path) -> None:
         "active_sessions": 2,
         "idle_sessions": 1,
         "average_items_per_session": 3.67,
-        "retention_days": 7,
-        "max_messages": 200,
+        "settings": {"retention_days": 7, "max_messages": 200},
     }
+
+
+def test_stats_does_not_present_the_clis_settings_as_the_databases(db_path: Path) -> None:
+    """A file written with max_messages=8 is not a file "with" the CLI's 200."""
+
+    async def write() -> None:
+        with AgentSession("u", "c", db_path=db_path, max_messages=8) as session:
+            await session.add_items([user(f"q{n}") for n in range(10)])
+
+    asyncio.run(write())
+    code, output = run("--db", db_path, "stats", "--json")
+    assert code == 0
+    summary = json.loads(output)
+    assert summary["settings"] == {"retention_days": 7, "max_messages": 200}
+    assert not {"max_messages", "retention_days"} & set(summary), summary
+    code, output = run("--db", db_path, "stats")
+    assert code == 0
+    stored, _, settings = output.partition("\n\n")
+    assert "max messages" not in stored, output
+    assert "retention days" not in stored, output
+    assert settings.startswith("settings (not stored in the database)\n"), output
 
 
 def test_stats_reads_settings_from_the_environment(
@@ -135,7 +157,7 @@ def test_stats_reads_settings_from_the_environment(
     code, output = run("stats", "--json")
     assert code == 0
     summary = json.loads(output)
-    assert (summary["database"], summary["retention_days"]) == (str(populated), 60)
+    assert (summary["database"], summary["settings"]["retention_days"]) == (str(populated), 60)
     assert (summary["active_sessions"], summary["idle_sessions"]) == (3, 0), summary
 
 
