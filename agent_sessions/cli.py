@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     clear.add_argument("session_id", metavar="SESSION_ID")
 
     cleanup = commands.add_parser("cleanup", help="delete sessions idle beyond retention")
-    cleanup.add_argument("--dry-run", action="store_true", help="only count them")
+    cleanup.add_argument("--dry-run", action="store_true", help="only list them")
+    cleanup.add_argument("--json", action="store_true", help="with --dry-run: print JSON")
     cleanup.add_argument(
         "--retention-days", type=_retention_days, help="idle days allowed (default: the settings')"
     )
@@ -216,14 +217,7 @@ async def _stats(manager: SessionManager, args: argparse.Namespace, out: TextIO)
     return EXIT_OK
 
 
-async def _list(manager: SessionManager, args: argparse.Namespace, out: TextIO) -> int:
-    sessions = await manager.list_sessions(args.user, limit=args.limit, offset=args.offset)
-    if args.json:
-        out.write(json.dumps([_stats_json(s) for s in sessions], indent=2) + "\n")
-        return EXIT_OK
-    if not sessions:
-        out.write("no sessions\n")
-        return EXIT_OK
+def _sessions_table(sessions: Sequence[SessionStats], out: TextIO) -> None:
     _table(
         [
             (
@@ -239,6 +233,20 @@ async def _list(manager: SessionManager, args: argparse.Namespace, out: TextIO) 
         ("SESSION", "USER", "CONVERSATION", "ITEMS", "CORRUPT", "LAST ACTIVITY"),
         out,
     )
+
+
+def _sessions_json(sessions: Sequence[SessionStats], out: TextIO) -> None:
+    out.write(json.dumps([_stats_json(s) for s in sessions], indent=2) + "\n")
+
+
+async def _list(manager: SessionManager, args: argparse.Namespace, out: TextIO) -> int:
+    sessions = await manager.list_sessions(args.user, limit=args.limit, offset=args.offset)
+    if args.json:
+        _sessions_json(sessions, out)
+    elif sessions:
+        _sessions_table(sessions, out)
+    else:
+        out.write("no sessions\n")
     return EXIT_OK
 
 
@@ -296,12 +304,19 @@ async def _clear(manager: SessionManager, args: argparse.Namespace, out: TextIO)
 
 
 async def _cleanup(manager: SessionManager, args: argparse.Namespace, out: TextIO) -> int:
-    count = await manager.cleanup_inactive_sessions(
-        retention_days=args.retention_days, dry_run=args.dry_run
-    )
     days = args.retention_days or manager.retention_days
-    verb = "would delete" if args.dry_run else "deleted"
-    out.write(f"{verb} {count} session(s) idle for more than {days} day(s)\n")
+    if not args.dry_run:
+        count = await manager.cleanup_inactive_sessions(retention_days=args.retention_days)
+        out.write(f"deleted {count} session(s) idle for more than {days} day(s)\n")
+        return EXIT_OK
+    idle = await manager.list_inactive_sessions(retention_days=args.retention_days)
+    if args.json:
+        _sessions_json(idle, out)
+        return EXIT_OK
+    if idle:
+        _sessions_table(idle, out)
+        out.write("\n")
+    out.write(f"would delete {len(idle)} session(s) idle for more than {days} day(s)\n")
     return EXIT_OK
 
 
@@ -373,6 +388,15 @@ def _discard_stdout() -> None:
         pass
 
 
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "cleanup" and args.json and not args.dry_run:
+        # A real cleanup cannot list what it deleted without racing the writers it spares.
+        parser.error("cleanup: --json lists the sessions --dry-run finds; add --dry-run")
+    return args
+
+
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
     """Run ``agent-sessions`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
     to_stdout = out is None
@@ -384,7 +408,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
             out.reconfigure(errors="backslashreplace")
     output = cast(TextIO, _GuardedOutput(out))
     try:
-        args = build_parser().parse_args(argv)
+        args = _parse(argv)
     except SystemExit as exc:  # usage errors (2), --help (0): returned, not raised
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:

@@ -298,7 +298,8 @@ def test_clear(populated: Path) -> None:
 
 def test_cleanup_dry_run_then_for_real(populated: Path) -> None:
     code, output = run("--db", populated, "cleanup", "--dry-run")
-    assert (code, output) == (0, "would delete 1 session(s) idle for more than 7 day(s)\n")
+    assert code == 0
+    assert output.endswith("\nwould delete 1 session(s) idle for more than 7 day(s)\n"), output
     assert BOB in row_counts(populated)
     code, output = run("--db", populated, "cleanup", "--retention-days", "40")
     assert (code, output) == (0, "deleted 0 session(s) idle for more than 40 day(s)\n")
@@ -306,6 +307,61 @@ def test_cleanup_dry_run_then_for_real(populated: Path) -> None:
     code, output = run("--db", populated, "cleanup")
     assert (code, output) == (0, "deleted 1 session(s) idle for more than 7 day(s)\n")
     assert row_counts(populated) == {ALICE_1: 6, ALICE_2: 2}
+
+
+async def _add_idle_session(db_path: Path, days_ago: int) -> str:
+    clock = FakeClock(utc_now() - timedelta(days=days_ago))
+    with AgentSession("carol", f"c{days_ago}", db_path=db_path, clock=clock) as session:
+        await session.add_items([user("a"), assistant("b")])  # type: ignore[list-item]
+        return session.session_id
+
+
+def test_cleanup_dry_run_lists_the_sessions_it_would_delete(populated: Path) -> None:
+    carol = asyncio.run(_add_idle_session(populated, 20))  # idle, but less long than bob
+    before = row_counts(populated)
+    code, output = run("--db", populated, "cleanup", "--dry-run")
+    assert code == 0
+    table, _, summary = output.partition("\n\n")
+    assert summary == "would delete 2 session(s) idle for more than 7 day(s)\n", output
+    lines = table.splitlines()
+    assert lines[0].split()[:5] == ["SESSION", "USER", "CONVERSATION", "ITEMS", "CORRUPT"]
+    assert [line.split()[:5] for line in lines[2:]] == [
+        [BOB, "bob", "c1", "3", "0"],  # oldest activity first
+        [carol, "carol", "c20", "2", "0"],
+    ], output
+    code, output = run("--db", populated, "cleanup", "--dry-run", "--retention-days", "25")
+    assert code == 0
+    assert [line.split()[0] for line in output.splitlines()[2:-2]] == [BOB], output
+    assert output.endswith("\nwould delete 1 session(s) idle for more than 25 day(s)\n")
+    code, output = run("--db", populated, "cleanup", "--dry-run", "--retention-days", "40")
+    assert (code, output) == (0, "would delete 0 session(s) idle for more than 40 day(s)\n")
+    assert row_counts(populated) == before
+
+
+def test_cleanup_dry_run_json_has_the_shape_of_list_json(populated: Path) -> None:
+    carol = asyncio.run(_add_idle_session(populated, 20))
+    code, output = run("--db", populated, "cleanup", "--dry-run", "--json")
+    assert code == 0
+    idle = json.loads(output)
+    code, listed = run("--db", populated, "list", "--json")
+    by_id = {entry["session_id"]: entry for entry in json.loads(listed)}
+    assert idle == [by_id[BOB], by_id[carol]], idle
+    code, output = run(
+        "--db", populated, "cleanup", "--dry-run", "--json", "--retention-days", "40"
+    )
+    assert (code, json.loads(output)) == (0, [])
+    assert BOB in row_counts(populated)
+
+
+def test_cleanup_json_without_dry_run_exits_2_and_deletes_nothing(
+    populated: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = row_counts(populated)
+    code, output = run("--db", populated, "cleanup", "--json")
+    err = capsys.readouterr().err
+    assert (code, output) == (2, ""), err
+    assert "--dry-run" in err, err
+    assert row_counts(populated) == before
 
 
 # --- bad input: exit 2, a message, no traceback ---------------------------------------------
