@@ -163,6 +163,15 @@ def _text_of(content: object) -> str:
     return json.dumps(content)
 
 
+def _kind(item: Mapping[str, Any]) -> str:
+    """An item's type, with the tool's name for a call that names one (``mcp_call``, ...)."""
+    kind = str(item.get("type") or "message")
+    name = item.get("name")
+    if kind == "message" or not isinstance(name, str) or not name.strip():
+        return kind
+    return f"{kind} {' '.join(name.split())[:40]}"  # one cell: no line breaks, bounded
+
+
 def render_markdown(stats: SessionStats, items: Sequence[Mapping[str, Any]]) -> str:
     """Render a session's items as a readable Markdown transcript."""
     lines = [
@@ -263,7 +272,7 @@ async def _show(manager: SessionManager, args: argparse.Namespace, out: TextIO) 
         [
             (
                 str(position),
-                str(item.get("type") or "message"),
+                _kind(item),
                 str(item.get("role") or "-"),
                 _text_of(
                     item.get("content", item.get("output", item.get("arguments", "")))

@@ -224,10 +224,46 @@ def test_show_text(populated: Path) -> None:
     assert (fields["message_count"], fields["corrupt_items"]) == ("6", "0")
     rows = table.splitlines()[2:]
     assert len(rows) == 6, table
-    assert rows[3].split()[:2] == ["3", "function_call"], rows[3]
+    assert rows[3].split()[:3] == ["3", "function_call", "get_weather"], rows[3]
     assert "Paris" in rows[3]
     assert rows[4].split()[:2] == ["4", "function_call_output"], rows[4]
     assert "sunny" in rows[4]
+
+
+def test_show_names_the_tool_of_every_call_that_has_a_name(db_path: Path) -> None:
+    items = [
+        user("fix it"),
+        {"type": "custom_tool_call", "call_id": "c1", "name": "apply_patch", "input": "diff"},
+        {"type": "custom_tool_call_output", "call_id": "c1", "output": "applied"},
+        {
+            "type": "mcp_call",
+            "id": "m1",
+            "name": "search_docs",
+            "server_label": "docs",
+            "arguments": "{}",
+        },
+        {"type": "function_call", "call_id": "c2", "name": "two\nlines", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c2", "output": "ok"},
+        assistant("done"),
+    ]
+
+    async def write() -> None:
+        with AgentSession("u", "c", db_path=db_path) as session:
+            await session.add_items(items)  # type: ignore[arg-type]
+
+    asyncio.run(write())
+    code, output = run("--db", db_path, "show", get_session_id("u", "c"))
+    assert code == 0
+    rows = output.partition("\n\n")[2].splitlines()[2:]
+    assert [row.split()[1:3] for row in rows[1:6]] == [
+        ["custom_tool_call", "apply_patch"],
+        ["custom_tool_call_output", "-"],  # outputs have no name: the ROLE column follows
+        ["mcp_call", "search_docs"],
+        ["function_call", "two"],
+        ["function_call_output", "-"],
+    ], output
+    assert "function_call two lines" in rows[4], "a name must stay on its row"
+    assert rows[6].split()[1:3] == ["message", "assistant"]
 
 
 def test_show_json(populated: Path) -> None:
