@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO, cast
 
@@ -124,8 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
 # --- output ---------------------------------------------------------------------------------
 
 
-def _iso(moment: datetime) -> str:
-    return moment.isoformat(timespec="seconds")
+def _timestamp(moment: datetime) -> str:
+    """The CLI's one time format, in text and JSON: ISO 8601 in UTC, to the microsecond.
+
+    Microseconds because cleanup's cutoff is exact to the microsecond; always six digits and
+    ``Z``, so every value has the same width and sorts as text.
+    """
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").removesuffix("+00:00") + "Z"
 
 
 SETTINGS_HEADING = "settings (not stored in the database)"
@@ -138,7 +143,10 @@ def _fields(fields: Mapping[str, object], out: TextIO) -> None:
 
 
 def _stats_json(stats: SessionStats) -> dict[str, Any]:
-    return stats.model_dump(mode="json")
+    return {
+        key: _timestamp(value) if isinstance(value, datetime) else value
+        for key, value in stats.model_dump().items()
+    }
 
 
 def _table(rows: Sequence[Sequence[str]], headers: Sequence[str], out: TextIO) -> None:
@@ -180,7 +188,8 @@ def render_markdown(stats: SessionStats, items: Sequence[Mapping[str, Any]]) -> 
         f"- user: `{stats.user_id}`",
         f"- conversation: `{stats.conversation_id}`",
         f"- items: {stats.message_count} (corrupt rows skipped: {stats.corrupt_items})",
-        f"- created: {_iso(stats.created_at)}; last activity: {_iso(stats.last_activity)}",
+        f"- created: {_timestamp(stats.created_at)}; "
+        f"last activity: {_timestamp(stats.last_activity)}",
         "",
     ]
     for item in items:
@@ -235,7 +244,7 @@ def _sessions_table(sessions: Sequence[SessionStats], out: TextIO) -> None:
                 s.conversation_id or "-",
                 str(s.message_count),
                 str(s.corrupt_items),
-                _iso(s.last_activity),
+                _timestamp(s.last_activity),
             )
             for s in sessions
         ],

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from contextlib import closing
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -198,6 +198,34 @@ def test_list_by_user_paged_and_json(populated: Path) -> None:
     assert [s["session_id"] for s in json.loads(output)] == [ALICE_2]
     code, output = run("--db", populated, "list", "--user", "nobody")
     assert (code, output) == (0, "no sessions\n")
+
+
+ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+
+
+def test_list_text_and_json_print_the_same_timestamps(populated: Path) -> None:
+    async def on_the_second() -> None:  # pydantic's JSON drops a zero fraction: not here
+        clock = FakeClock(datetime(2026, 1, 15, 12, 0, tzinfo=UTC))
+        with AgentSession("dan", "c1", db_path=populated, clock=clock) as session:
+            await session.add_items([user("hi")])
+
+    asyncio.run(on_the_second())
+    code, text = run("--db", populated, "list")
+    assert code == 0
+    shown = {line.split()[0]: line.split()[-1] for line in text.splitlines()[2:]}
+    code, output = run("--db", populated, "list", "--json")
+    assert code == 0
+    listed = json.loads(output)
+    assert shown == {s["session_id"]: s["last_activity"] for s in listed}, (shown, listed)
+    assert shown["user_dan_conv_c1"] == "2026-01-15T12:00:00.000000Z"
+    for entry in listed:
+        for key in ("created_at", "last_activity"):
+            assert ISO_UTC.fullmatch(entry[key]), entry
+    code, output = run("--db", populated, "show", "user_dan_conv_c1")
+    assert "\ncreated_at: 2026-01-15T12:00:00.000000Z\n" in output, output
+    code, output = run("--db", populated, "export", "user_dan_conv_c1", "--format", "markdown")
+    moment = "2026-01-15T12:00:00.000000Z"
+    assert f"- created: {moment}; last activity: {moment}\n" in output, output
 
 
 def test_list_empty_database(db_path: Path) -> None:
