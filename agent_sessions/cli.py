@@ -46,11 +46,16 @@ def _integer(minimum: int, maximum: int = MAX_COUNT) -> Callable[[str], int]:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if not minimum <= value <= maximum:
+        if minimum <= value <= maximum:
+            return value
+        if maximum == MAX_COUNT:  # an internal bound, no one's choice: not worth printing
+            too_large = " (too large)" if value > maximum else ""
             raise argparse.ArgumentTypeError(
-                f"expected an integer from {minimum} to {maximum}, got {value}"
+                f"expected an integer of at least {minimum}, got {value}{too_large}"
             )
-        return value
+        raise argparse.ArgumentTypeError(
+            f"expected an integer from {minimum} to {maximum}, got {value}"
+        )
 
     return parse
 

@@ -24,6 +24,7 @@ import pytest
 from agent_sessions import AgentSession, get_session_id, storage
 from agent_sessions.cli import main
 from agent_sessions.clock import utc_now
+from agent_sessions.ids import MAX_COUNT
 from agent_sessions.settings import get_settings
 from tests.conftest import FakeClock
 from tests.items import assistant, user
@@ -439,15 +440,15 @@ def test_cleanup_json_without_dry_run_exits_2_and_deletes_nothing(
         (["cleanup", "--retention-days", "0"], "integer from 1 to 36500"),
         (["cleanup", "--retention-days", "36501"], "integer from 1 to 36500"),
         (["cleanup", "--retention-days", "soon"], "expected an integer, got 'soon'"),
-        (["list", "--limit", "-1"], "integer from 1 to"),
+        (["list", "--limit", "-1"], "expected an integer of at least 1, got -1"),
         # Past the library's bound (2**62), argparse refuses it, as it refuses -1.
-        (["list", "--limit", str(2**63 - 1)], f"integer from 1 to {2**62}"),
-        (["list", "--offset", "-1"], "integer from 0 to"),
-        (["list", "--offset", str(2**62 + 1)], f"integer from 0 to {2**62}"),
+        (["list", "--limit", str(2**63 - 1)], f"at least 1, got {2**63 - 1} (too large)"),
+        (["list", "--offset", "-1"], "expected an integer of at least 0, got -1"),
+        (["list", "--offset", str(2**62 + 1)], f"at least 0, got {2**62 + 1} (too large)"),
         (["prune", BOB, "--all"], "not allowed with"),
         (["prune"], "required"),
-        (["prune", "--all", "--max-messages", "0"], "integer from 1 to"),
-        (["prune", "--all", "--max-messages", str(2**64)], "integer from 1 to"),
+        (["prune", "--all", "--max-messages", "0"], "expected an integer of at least 1, got 0"),
+        (["prune", "--all", "--max-messages", str(2**64)], f"at least 1, got {2**64} (too large)"),
         (["export", BOB, "--format", "pdf"], "invalid choice"),
     ],
 )
@@ -459,6 +460,7 @@ def test_bad_arguments_exit_2(
     err = capsys.readouterr().err
     assert code == 2, (argv, code, err)
     assert message in err, err
+    assert str(MAX_COUNT) not in err, "the internal bound is no one's business"
     assert "Traceback" not in err
     assert output == ""
     assert row_counts(populated) == before
