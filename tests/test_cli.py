@@ -580,6 +580,28 @@ def test_console_script_bad_input_exits_2_without_traceback(tmp_path: Path) -> N
     assert "Traceback" not in done.stderr
 
 
+def test_python_dash_m_runs_the_cli(populated: Path, tmp_path: Path) -> None:
+    def module(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "agent_sessions", *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+            check=False,
+        )
+
+    done = module("--help")
+    assert done.returncode == 0, done.stderr
+    assert "usage: agent-sessions" in done.stdout
+    done = module("--db", str(populated), "stats", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["sessions"] == 3
+    done = module("--db", str(populated), "list", "--limit", "0")
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+
+
 DATABASE_COMMANDS = """
 import io, json, sys
 from agent_sessions.cli import main
