@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO, cast
 
@@ -47,11 +47,16 @@ def _integer(minimum: int, maximum: int = MAX_COUNT) -> Callable[[str], int]:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if not minimum <= value <= maximum:
+        if minimum <= value <= maximum:
+            return value
+        if maximum == MAX_COUNT:  # an internal bound, no one's choice: not worth printing
+            too_large = " (too large)" if value > maximum else ""
             raise argparse.ArgumentTypeError(
-                f"expected an integer from {minimum} to {maximum}, got {value}"
+                f"expected an integer of at least {minimum}, got {value}{too_large}"
             )
-        return value
+        raise argparse.ArgumentTypeError(
+            f"expected an integer from {minimum} to {maximum}, got {value}"
+        )
 
     return parse
 
@@ -112,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     clear.add_argument("session_id", metavar="SESSION_ID")
 
     cleanup = commands.add_parser("cleanup", help="delete sessions idle beyond retention")
-    cleanup.add_argument("--dry-run", action="store_true", help="only count them")
+    cleanup.add_argument("--dry-run", action="store_true", help="only list them")
+    cleanup.add_argument("--json", action="store_true", help="with --dry-run: print JSON")
     cleanup.add_argument(
         "--retention-days", type=_retention_days, help="idle days allowed (default: the settings')"
     )
@@ -124,12 +130,29 @@ def build_parser() -> argparse.ArgumentParser:
 # --- output ---------------------------------------------------------------------------------
 
 
-def _iso(moment: datetime) -> str:
-    return moment.isoformat(timespec="seconds")
+def _timestamp(moment: datetime) -> str:
+    """The CLI's one time format, in text and JSON: ISO 8601 in UTC, to the microsecond.
+
+    Microseconds because cleanup's cutoff is exact to the microsecond; always six digits and
+    ``Z``, so every value has the same width and sorts as text.
+    """
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").removesuffix("+00:00") + "Z"
+
+
+SETTINGS_HEADING = "settings (not stored in the database)"
+
+
+def _fields(fields: Mapping[str, object], out: TextIO) -> None:
+    width = max(len(key) for key in fields)
+    for key, value in fields.items():
+        out.write(f"{key.replace('_', ' '):<{width}}  {value}\n")
 
 
 def _stats_json(stats: SessionStats) -> dict[str, Any]:
-    return stats.model_dump(mode="json")
+    return {
+        key: _timestamp(value) if isinstance(value, datetime) else value
+        for key, value in stats.model_dump().items()
+    }
 
 
 def _table(rows: Sequence[Sequence[str]], headers: Sequence[str], out: TextIO) -> None:
@@ -154,6 +177,15 @@ def _text_of(content: object) -> str:
     return json.dumps(content)
 
 
+def _kind(item: Mapping[str, Any]) -> str:
+    """An item's type, with the tool's name for a call that names one (``mcp_call``, ...)."""
+    kind = str(item.get("type") or "message")
+    name = item.get("name")
+    if kind == "message" or not isinstance(name, str) or not name.strip():
+        return kind
+    return f"{kind} {' '.join(name.split())[:40]}"  # one cell: no line breaks, bounded
+
+
 def render_markdown(stats: SessionStats, items: Sequence[Mapping[str, Any]]) -> str:
     """Render a session's items as a readable Markdown transcript."""
     lines = [
@@ -162,7 +194,8 @@ def render_markdown(stats: SessionStats, items: Sequence[Mapping[str, Any]]) -> 
         f"- user: `{stats.user_id}`",
         f"- conversation: `{stats.conversation_id}`",
         f"- items: {stats.message_count} (corrupt rows skipped: {stats.corrupt_items})",
-        f"- created: {_iso(stats.created_at)}; last activity: {_iso(stats.last_activity)}",
+        f"- created: {_timestamp(stats.created_at)}; "
+        f"last activity: {_timestamp(stats.last_activity)}",
         "",
     ]
     for item in items:
@@ -189,32 +222,26 @@ def render_markdown(stats: SessionStats, items: Sequence[Mapping[str, Any]]) -> 
 
 
 async def _stats(manager: SessionManager, args: argparse.Namespace, out: TextIO) -> int:
-    summary = {
+    summary: dict[str, Any] = {
         "database": manager.db_path,
         "sessions": await manager.get_session_count(),
         "active_sessions": await manager.get_active_session_count(),
         "idle_sessions": await manager.cleanup_inactive_sessions(dry_run=True),
         "average_items_per_session": round(await manager.get_average_messages_per_session(), 2),
-        "retention_days": manager.retention_days,
-        "max_messages": manager.max_messages,
     }
+    # The CLI's own settings, not facts about the file: the sessions in it may have been
+    # written with another max_messages. Active and idle are counted with retention_days.
+    settings = {"retention_days": manager.retention_days, "max_messages": manager.max_messages}
     if args.json:
-        out.write(json.dumps(summary, indent=2) + "\n")
+        out.write(json.dumps({**summary, "settings": settings}, indent=2) + "\n")
     else:
-        width = max(len(key) for key in summary)
-        for key, value in summary.items():
-            out.write(f"{key.replace('_', ' '):<{width}}  {value}\n")
+        _fields(summary, out)
+        out.write(f"\n{SETTINGS_HEADING}\n")
+        _fields(settings, out)
     return EXIT_OK
 
 
-async def _list(manager: SessionManager, args: argparse.Namespace, out: TextIO) -> int:
-    sessions = await manager.list_sessions(args.user, limit=args.limit, offset=args.offset)
-    if args.json:
-        out.write(json.dumps([_stats_json(s) for s in sessions], indent=2) + "\n")
-        return EXIT_OK
-    if not sessions:
-        out.write("no sessions\n")
-        return EXIT_OK
+def _sessions_table(sessions: Sequence[SessionStats], out: TextIO) -> None:
     _table(
         [
             (
@@ -223,13 +250,27 @@ async def _list(manager: SessionManager, args: argparse.Namespace, out: TextIO) 
                 s.conversation_id or "-",
                 str(s.message_count),
                 str(s.corrupt_items),
-                _iso(s.last_activity),
+                _timestamp(s.last_activity),
             )
             for s in sessions
         ],
         ("SESSION", "USER", "CONVERSATION", "ITEMS", "CORRUPT", "LAST ACTIVITY"),
         out,
     )
+
+
+def _sessions_json(sessions: Sequence[SessionStats], out: TextIO) -> None:
+    out.write(json.dumps([_stats_json(s) for s in sessions], indent=2) + "\n")
+
+
+async def _list(manager: SessionManager, args: argparse.Namespace, out: TextIO) -> int:
+    sessions = await manager.list_sessions(args.user, limit=args.limit, offset=args.offset)
+    if args.json:
+        _sessions_json(sessions, out)
+    elif sessions:
+        _sessions_table(sessions, out)
+    else:
+        out.write("no sessions\n")
     return EXIT_OK
 
 
@@ -246,7 +287,7 @@ async def _show(manager: SessionManager, args: argparse.Namespace, out: TextIO) 
         [
             (
                 str(position),
-                str(item.get("type") or "message"),
+                _kind(item),
                 str(item.get("role") or "-"),
                 _text_of(
                     item.get("content", item.get("output", item.get("arguments", "")))
@@ -287,12 +328,19 @@ async def _clear(manager: SessionManager, args: argparse.Namespace, out: TextIO)
 
 
 async def _cleanup(manager: SessionManager, args: argparse.Namespace, out: TextIO) -> int:
-    count = await manager.cleanup_inactive_sessions(
-        retention_days=args.retention_days, dry_run=args.dry_run
-    )
     days = args.retention_days or manager.retention_days
-    verb = "would delete" if args.dry_run else "deleted"
-    out.write(f"{verb} {count} session(s) idle for more than {days} day(s)\n")
+    if not args.dry_run:
+        count = await manager.cleanup_inactive_sessions(retention_days=args.retention_days)
+        out.write(f"deleted {count} session(s) idle for more than {days} day(s)\n")
+        return EXIT_OK
+    idle = await manager.list_inactive_sessions(retention_days=args.retention_days)
+    if args.json:
+        _sessions_json(idle, out)
+        return EXIT_OK
+    if idle:
+        _sessions_table(idle, out)
+        out.write("\n")
+    out.write(f"would delete {len(idle)} session(s) idle for more than {days} day(s)\n")
     return EXIT_OK
 
 
@@ -364,6 +412,15 @@ def _discard_stdout() -> None:
         pass
 
 
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "cleanup" and args.json and not args.dry_run:
+        # A real cleanup cannot list what it deleted without racing the writers it spares.
+        parser.error("cleanup: --json lists the sessions --dry-run finds; add --dry-run")
+    return args
+
+
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
     """Run ``agent-sessions`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
     to_stdout = out is None
@@ -375,7 +432,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
             out.reconfigure(errors="backslashreplace")
     output = cast(TextIO, _GuardedOutput(out))
     try:
-        args = build_parser().parse_args(argv)
+        args = _parse(argv)
     except SystemExit as exc:  # usage errors (2), --help (0): returned, not raised
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:

@@ -443,6 +443,39 @@ class SessionManager:
 
         return await self._use(clear, write=True)
 
+    def _idle_cutoff(self, retention_days: int | None) -> float:
+        """The activity time before which a session is idle, for ``retention_days``."""
+        days = positive_int(
+            retention_days if retention_days is not None else self.retention_days,
+            "retention_days",
+            maximum=MAX_RETENTION_DAYS,
+        )
+        return self._cutoff(days)
+
+    async def list_inactive_sessions(
+        self, *, retention_days: int | None = None, limit: int | None = None
+    ) -> list[SessionStats]:
+        """List the sessions ``cleanup_inactive_sessions`` would delete now, oldest activity first.
+
+        A session is idle when its last activity is more than ``retention_days`` before the
+        clock's time, exactly as cleanup decides it.
+
+        Args:
+            retention_days: Overrides the manager's ``retention_days`` for this call.
+            limit: At most this many sessions (the oldest); ``None`` lists them all.
+
+        Raises:
+            InvalidArgumentError: if ``retention_days`` or ``limit`` is out of range.
+        """
+        cutoff = self._idle_cutoff(retention_days)
+        count = -1 if limit is None else positive_int(limit, "limit")  # SQLite: -1, no limit
+
+        async def listing(db: aiosqlite.Connection) -> list[SessionStats]:
+            rows = await db.execute_fetchall(storage.LIST_IDLE_SESSIONS, (cutoff, count))
+            return [await self._stats(db, row) for row in rows]
+
+        return await self._use(listing)
+
     async def cleanup_inactive_sessions(
         self, *, retention_days: int | None = None, dry_run: bool = False
     ) -> int:
@@ -455,17 +488,13 @@ class SessionManager:
 
         Args:
             retention_days: Overrides the manager's ``retention_days`` for this call.
-            dry_run: Only count the sessions that would be deleted.
+            dry_run: Only count the sessions that would be deleted (``list_inactive_sessions``
+                lists them).
 
         Returns:
             The number of sessions deleted (or, with ``dry_run``, that would be).
         """
-        days = positive_int(
-            retention_days if retention_days is not None else self.retention_days,
-            "retention_days",
-            maximum=MAX_RETENTION_DAYS,
-        )
-        cutoff = self._cutoff(days)
+        cutoff = self._idle_cutoff(retention_days)
         if dry_run:
             return int((await self._fetch(storage.COUNT_IDLE_SESSIONS, (cutoff,)))[0][0])
         deleted = batches = 0

@@ -807,6 +807,10 @@ COUNT_SESSIONS_AND_ROWS = (
     f"SELECT (SELECT COUNT(*) FROM {SESSIONS_TABLE}), (SELECT COUNT(*) FROM {MESSAGES_TABLE})"
 )
 COUNT_IDLE_SESSIONS = f"SELECT COUNT(*) FROM {SESSIONS_TABLE} WHERE last_activity_ts < ?"
+LIST_IDLE_SESSIONS = (  # the same idleness test as COUNT_IDLE_SESSIONS and SELECT_IDLE_BATCH
+    f"SELECT {_SESSION_COLUMNS} FROM {SESSIONS_TABLE} WHERE last_activity_ts < ? "
+    "ORDER BY last_activity_ts, session_id LIMIT ?"
+)
 SELECT_IDLE_BATCH = (
     f"SELECT session_id FROM {SESSIONS_TABLE} WHERE last_activity_ts < ? "
     "ORDER BY last_activity_ts LIMIT ?"

@@ -131,6 +131,54 @@ async def test_exactly_at_the_boundary(db_path: Path, clock: FakeClock) -> None:
     assert rows_per_session(db_path) == {}
 
 
+async def test_listing_inactive_sessions_is_exact_at_the_boundary(
+    db_path: Path, clock: FakeClock
+) -> None:
+    written = clock.now
+    sid = await write(db_path, "c", [user("x"), assistant("y")], clock)
+    async with manager_for(db_path, clock, retention_days=7) as manager:
+        clock.now = written + timedelta(days=7)  # idle exactly retention_days: not listed
+        assert await manager.list_inactive_sessions() == []
+        assert await manager.cleanup_inactive_sessions(dry_run=True) == 0
+        clock.advance(microseconds=1)  # one microsecond more: listed, and cleanup agrees
+        (listed,) = await manager.list_inactive_sessions()
+        assert (listed.session_id, listed.last_activity) == (sid, written)
+        assert (listed.user_id, listed.conversation_id, listed.message_count) == ("u", "c", 2)
+        assert session_ids(db_path) == {sid}, "listing deleted something"
+        assert await manager.cleanup_inactive_sessions() == 1
+        assert await manager.list_inactive_sessions() == []
+    assert session_ids(db_path) == set()
+
+
+async def test_listing_inactive_sessions_shows_what_cleanup_deletes(
+    db_path: Path, clock: FakeClock
+) -> None:
+    start = clock.now
+    idle = []
+    for n in range(4):  # idle for 13, 12, 11 and 10 days at the end
+        idle.append(await write(db_path, f"idle{n}", [user("x")] * (n + 1), clock))
+        clock.advance(days=1)
+    clock.now = start + timedelta(days=13)
+    active = await write(db_path, "active", [user("x")], clock)
+    before = snapshot(db_path)
+    async with manager_for(db_path, clock) as manager:
+        listed = await manager.list_inactive_sessions()
+        assert [s.session_id for s in listed] == idle, "not oldest activity first"
+        assert [s.message_count for s in listed] == [1, 2, 3, 4]
+        assert [s.last_activity for s in listed] == [start + timedelta(days=n) for n in range(4)]
+        assert [s.session_id for s in await manager.list_inactive_sessions(limit=2)] == idle[:2]
+        override = await manager.list_inactive_sessions(retention_days=11)
+        assert [s.session_id for s in override] == idle[:2]
+        assert manager.retention_days == 7, "the override must not stick"
+        for bad in ({"limit": 0}, {"limit": True}, {"retention_days": 0}):
+            with pytest.raises(InvalidArgumentError, match=next(iter(bad))):
+                await manager.list_inactive_sessions(**bad)  # type: ignore[arg-type]
+        assert snapshot(db_path) == before, "listing changed the database"
+        assert await manager.cleanup_inactive_sessions(dry_run=True) == len(listed)
+        assert await manager.cleanup_inactive_sessions() == len(listed)
+    assert session_ids(db_path) == {active}
+
+
 async def test_dry_run_counts_and_deletes_nothing(db_path: Path, clock: FakeClock) -> None:
     for n in range(3):
         await write(db_path, f"idle{n}", [user("x"), assistant("y")], clock)
@@ -332,6 +380,9 @@ async def test_idle_batch_query_uses_the_last_activity_index(
         count_plan = conn.execute(
             f"EXPLAIN QUERY PLAN {storage.COUNT_IDLE_SESSIONS}", (clock.now.timestamp(),)
         ).fetchall()
+        list_plan = conn.execute(
+            f"EXPLAIN QUERY PLAN {storage.LIST_IDLE_SESSIONS}", (clock.now.timestamp(), -1)
+        ).fetchall()
     details = [row[3] for row in plan]
     assert any("idx_agent_sessions_last_activity" in d for d in details), details
     assert not any(d.startswith("SCAN") for d in details), details
@@ -340,6 +391,8 @@ async def test_idle_batch_query_uses_the_last_activity_index(
     )
     count_details = [row[3] for row in count_plan]
     assert any("idx_agent_sessions_last_activity" in d for d in count_details), count_details
+    list_details = [row[3] for row in list_plan]
+    assert any("idx_agent_sessions_last_activity" in d for d in list_details), list_details
 
 
 # --- scheduler ------------------------------------------------------------------------------

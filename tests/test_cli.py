@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from contextlib import closing
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ import pytest
 from agent_sessions import AgentSession, get_session_id, storage
 from agent_sessions.cli import main
 from agent_sessions.clock import utc_now
+from agent_sessions.ids import MAX_COUNT
 from agent_sessions.settings import get_settings
 from tests.conftest import FakeClock
 from tests.items import assistant, user
@@ -101,15 +102,17 @@ def text_fields(output: str) -> dict[str, str]:
 def test_stats_text(populated: Path) -> None:
     code, output = run("--db", populated, "stats")
     assert code == 0
-    assert text_fields(output) == {
+    stored, _, settings = output.partition("\n\n")
+    assert text_fields(stored) == {
         "database": str(populated),
         "sessions": "3",
         "active sessions": "2",
         "idle sessions": "1",
         "average items per session": "3.67",
-        "retention days": "7",
-        "max messages": "200",
     }, output
+    heading, _, settings = settings.partition("\n")
+    assert heading == "settings (not stored in the database)", output
+    assert text_fields(settings) == {"retention days": "7", "max messages": "200"}, output
 
 
 def test_stats_json(populated: Path) -> None:
@@ -121,9 +124,29 @@ def test_stats_json(populated: Path) -> None:
         "active_sessions": 2,
         "idle_sessions": 1,
         "average_items_per_session": 3.67,
-        "retention_days": 7,
-        "max_messages": 200,
+        "settings": {"retention_days": 7, "max_messages": 200},
     }
+
+
+def test_stats_does_not_present_the_clis_settings_as_the_databases(db_path: Path) -> None:
+    """A file written with max_messages=8 is not a file "with" the CLI's 200."""
+
+    async def write() -> None:
+        with AgentSession("u", "c", db_path=db_path, max_messages=8) as session:
+            await session.add_items([user(f"q{n}") for n in range(10)])
+
+    asyncio.run(write())
+    code, output = run("--db", db_path, "stats", "--json")
+    assert code == 0
+    summary = json.loads(output)
+    assert summary["settings"] == {"retention_days": 7, "max_messages": 200}
+    assert not {"max_messages", "retention_days"} & set(summary), summary
+    code, output = run("--db", db_path, "stats")
+    assert code == 0
+    stored, _, settings = output.partition("\n\n")
+    assert "max messages" not in stored, output
+    assert "retention days" not in stored, output
+    assert settings.startswith("settings (not stored in the database)\n"), output
 
 
 def test_stats_reads_settings_from_the_environment(
@@ -135,7 +158,7 @@ def test_stats_reads_settings_from_the_environment(
     code, output = run("stats", "--json")
     assert code == 0
     summary = json.loads(output)
-    assert (summary["database"], summary["retention_days"]) == (str(populated), 60)
+    assert (summary["database"], summary["settings"]["retention_days"]) == (str(populated), 60)
     assert (summary["active_sessions"], summary["idle_sessions"]) == (3, 0), summary
 
 
@@ -178,6 +201,34 @@ def test_list_by_user_paged_and_json(populated: Path) -> None:
     assert (code, output) == (0, "no sessions\n")
 
 
+ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+
+
+def test_list_text_and_json_print_the_same_timestamps(populated: Path) -> None:
+    async def on_the_second() -> None:  # pydantic's JSON drops a zero fraction: not here
+        clock = FakeClock(datetime(2026, 1, 15, 12, 0, tzinfo=UTC))
+        with AgentSession("dan", "c1", db_path=populated, clock=clock) as session:
+            await session.add_items([user("hi")])
+
+    asyncio.run(on_the_second())
+    code, text = run("--db", populated, "list")
+    assert code == 0
+    shown = {line.split()[0]: line.split()[-1] for line in text.splitlines()[2:]}
+    code, output = run("--db", populated, "list", "--json")
+    assert code == 0
+    listed = json.loads(output)
+    assert shown == {s["session_id"]: s["last_activity"] for s in listed}, (shown, listed)
+    assert shown["user_dan_conv_c1"] == "2026-01-15T12:00:00.000000Z"
+    for entry in listed:
+        for key in ("created_at", "last_activity"):
+            assert ISO_UTC.fullmatch(entry[key]), entry
+    code, output = run("--db", populated, "show", "user_dan_conv_c1")
+    assert "\ncreated_at: 2026-01-15T12:00:00.000000Z\n" in output, output
+    code, output = run("--db", populated, "export", "user_dan_conv_c1", "--format", "markdown")
+    moment = "2026-01-15T12:00:00.000000Z"
+    assert f"- created: {moment}; last activity: {moment}\n" in output, output
+
+
 def test_list_empty_database(db_path: Path) -> None:
     storage.connect(db_path).close()  # an empty database (the CLI does not create one)
     assert run("--db", db_path, "list") == (0, "no sessions\n")
@@ -202,10 +253,46 @@ def test_show_text(populated: Path) -> None:
     assert (fields["message_count"], fields["corrupt_items"]) == ("6", "0")
     rows = table.splitlines()[2:]
     assert len(rows) == 6, table
-    assert rows[3].split()[:2] == ["3", "function_call"], rows[3]
+    assert rows[3].split()[:3] == ["3", "function_call", "get_weather"], rows[3]
     assert "Paris" in rows[3]
     assert rows[4].split()[:2] == ["4", "function_call_output"], rows[4]
     assert "sunny" in rows[4]
+
+
+def test_show_names_the_tool_of_every_call_that_has_a_name(db_path: Path) -> None:
+    items = [
+        user("fix it"),
+        {"type": "custom_tool_call", "call_id": "c1", "name": "apply_patch", "input": "diff"},
+        {"type": "custom_tool_call_output", "call_id": "c1", "output": "applied"},
+        {
+            "type": "mcp_call",
+            "id": "m1",
+            "name": "search_docs",
+            "server_label": "docs",
+            "arguments": "{}",
+        },
+        {"type": "function_call", "call_id": "c2", "name": "two\nlines", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c2", "output": "ok"},
+        assistant("done"),
+    ]
+
+    async def write() -> None:
+        with AgentSession("u", "c", db_path=db_path) as session:
+            await session.add_items(items)  # type: ignore[arg-type]
+
+    asyncio.run(write())
+    code, output = run("--db", db_path, "show", get_session_id("u", "c"))
+    assert code == 0
+    rows = output.partition("\n\n")[2].splitlines()[2:]
+    assert [row.split()[1:3] for row in rows[1:6]] == [
+        ["custom_tool_call", "apply_patch"],
+        ["custom_tool_call_output", "-"],  # outputs have no name: the ROLE column follows
+        ["mcp_call", "search_docs"],
+        ["function_call", "two"],
+        ["function_call_output", "-"],
+    ], output
+    assert "function_call two lines" in rows[4], "a name must stay on its row"
+    assert rows[6].split()[1:3] == ["message", "assistant"]
 
 
 def test_show_json(populated: Path) -> None:
@@ -276,7 +363,8 @@ def test_clear(populated: Path) -> None:
 
 def test_cleanup_dry_run_then_for_real(populated: Path) -> None:
     code, output = run("--db", populated, "cleanup", "--dry-run")
-    assert (code, output) == (0, "would delete 1 session(s) idle for more than 7 day(s)\n")
+    assert code == 0
+    assert output.endswith("\nwould delete 1 session(s) idle for more than 7 day(s)\n"), output
     assert BOB in row_counts(populated)
     code, output = run("--db", populated, "cleanup", "--retention-days", "40")
     assert (code, output) == (0, "deleted 0 session(s) idle for more than 40 day(s)\n")
@@ -284,6 +372,61 @@ def test_cleanup_dry_run_then_for_real(populated: Path) -> None:
     code, output = run("--db", populated, "cleanup")
     assert (code, output) == (0, "deleted 1 session(s) idle for more than 7 day(s)\n")
     assert row_counts(populated) == {ALICE_1: 6, ALICE_2: 2}
+
+
+async def _add_idle_session(db_path: Path, days_ago: int) -> str:
+    clock = FakeClock(utc_now() - timedelta(days=days_ago))
+    with AgentSession("carol", f"c{days_ago}", db_path=db_path, clock=clock) as session:
+        await session.add_items([user("a"), assistant("b")])  # type: ignore[list-item]
+        return session.session_id
+
+
+def test_cleanup_dry_run_lists_the_sessions_it_would_delete(populated: Path) -> None:
+    carol = asyncio.run(_add_idle_session(populated, 20))  # idle, but less long than bob
+    before = row_counts(populated)
+    code, output = run("--db", populated, "cleanup", "--dry-run")
+    assert code == 0
+    table, _, summary = output.partition("\n\n")
+    assert summary == "would delete 2 session(s) idle for more than 7 day(s)\n", output
+    lines = table.splitlines()
+    assert lines[0].split()[:5] == ["SESSION", "USER", "CONVERSATION", "ITEMS", "CORRUPT"]
+    assert [line.split()[:5] for line in lines[2:]] == [
+        [BOB, "bob", "c1", "3", "0"],  # oldest activity first
+        [carol, "carol", "c20", "2", "0"],
+    ], output
+    code, output = run("--db", populated, "cleanup", "--dry-run", "--retention-days", "25")
+    assert code == 0
+    assert [line.split()[0] for line in output.splitlines()[2:-2]] == [BOB], output
+    assert output.endswith("\nwould delete 1 session(s) idle for more than 25 day(s)\n")
+    code, output = run("--db", populated, "cleanup", "--dry-run", "--retention-days", "40")
+    assert (code, output) == (0, "would delete 0 session(s) idle for more than 40 day(s)\n")
+    assert row_counts(populated) == before
+
+
+def test_cleanup_dry_run_json_has_the_shape_of_list_json(populated: Path) -> None:
+    carol = asyncio.run(_add_idle_session(populated, 20))
+    code, output = run("--db", populated, "cleanup", "--dry-run", "--json")
+    assert code == 0
+    idle = json.loads(output)
+    code, listed = run("--db", populated, "list", "--json")
+    by_id = {entry["session_id"]: entry for entry in json.loads(listed)}
+    assert idle == [by_id[BOB], by_id[carol]], idle
+    code, output = run(
+        "--db", populated, "cleanup", "--dry-run", "--json", "--retention-days", "40"
+    )
+    assert (code, json.loads(output)) == (0, [])
+    assert BOB in row_counts(populated)
+
+
+def test_cleanup_json_without_dry_run_exits_2_and_deletes_nothing(
+    populated: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = row_counts(populated)
+    code, output = run("--db", populated, "cleanup", "--json")
+    err = capsys.readouterr().err
+    assert (code, output) == (2, ""), err
+    assert "--dry-run" in err, err
+    assert row_counts(populated) == before
 
 
 # --- bad input: exit 2, a message, no traceback ---------------------------------------------
@@ -297,15 +440,15 @@ def test_cleanup_dry_run_then_for_real(populated: Path) -> None:
         (["cleanup", "--retention-days", "0"], "integer from 1 to 36500"),
         (["cleanup", "--retention-days", "36501"], "integer from 1 to 36500"),
         (["cleanup", "--retention-days", "soon"], "expected an integer, got 'soon'"),
-        (["list", "--limit", "-1"], "integer from 1 to"),
+        (["list", "--limit", "-1"], "expected an integer of at least 1, got -1"),
         # Past the library's bound (2**62), argparse refuses it, as it refuses -1.
-        (["list", "--limit", str(2**63 - 1)], f"integer from 1 to {2**62}"),
-        (["list", "--offset", "-1"], "integer from 0 to"),
-        (["list", "--offset", str(2**62 + 1)], f"integer from 0 to {2**62}"),
+        (["list", "--limit", str(2**63 - 1)], f"at least 1, got {2**63 - 1} (too large)"),
+        (["list", "--offset", "-1"], "expected an integer of at least 0, got -1"),
+        (["list", "--offset", str(2**62 + 1)], f"at least 0, got {2**62 + 1} (too large)"),
         (["prune", BOB, "--all"], "not allowed with"),
         (["prune"], "required"),
-        (["prune", "--all", "--max-messages", "0"], "integer from 1 to"),
-        (["prune", "--all", "--max-messages", str(2**64)], "integer from 1 to"),
+        (["prune", "--all", "--max-messages", "0"], "expected an integer of at least 1, got 0"),
+        (["prune", "--all", "--max-messages", str(2**64)], f"at least 1, got {2**64} (too large)"),
         (["export", BOB, "--format", "pdf"], "invalid choice"),
     ],
 )
@@ -317,6 +460,7 @@ def test_bad_arguments_exit_2(
     err = capsys.readouterr().err
     assert code == 2, (argv, code, err)
     assert message in err, err
+    assert str(MAX_COUNT) not in err, "the internal bound is no one's business"
     assert "Traceback" not in err
     assert output == ""
     assert row_counts(populated) == before
@@ -433,6 +577,28 @@ def test_console_script_bad_input_exits_2_without_traceback(tmp_path: Path) -> N
     )
     assert done.returncode == 2, done.stderr
     assert "retention-days" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_python_dash_m_runs_the_cli(populated: Path, tmp_path: Path) -> None:
+    def module(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "agent_sessions", *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+            check=False,
+        )
+
+    done = module("--help")
+    assert done.returncode == 0, done.stderr
+    assert "usage: agent-sessions" in done.stdout
+    done = module("--db", str(populated), "stats", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["sessions"] == 3
+    done = module("--db", str(populated), "list", "--limit", "0")
+    assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
 
 
