@@ -144,9 +144,10 @@ def positive_int(value: object, what: str, *, minimum: int = 1, maximum: int = M
         InvalidArgumentError: naming ``what`` otherwise.
     """
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum or value > maximum:
-        raise InvalidArgumentError(
-            f"{what} must be an integer from {minimum} to {maximum}, got {value!r}"
-        )
+        # MAX_COUNT is a storage limit, not a bound anyone chose: name it only as "too large".
+        bounds = f"from {minimum} to {maximum}" if maximum < MAX_COUNT else f"of at least {minimum}"
+        too_large = " (too large)" if isinstance(value, int) and value > maximum else ""
+        raise InvalidArgumentError(f"{what} must be an integer {bounds}, got {value!r}{too_large}")
     return value
 
 

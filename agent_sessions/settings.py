@@ -41,7 +41,7 @@ class AgentSessionSettings(BaseSettings):
         description="SQLite database file; its parent folder is created when needed.",
     )
     max_messages: int = Field(
-        default=200, ge=1, le=MAX_COUNT, description="Items kept per session after every write."
+        default=200, ge=1, description="Items kept per session after every write."
     )
     retention_days: int = Field(
         default=7,
@@ -59,6 +59,14 @@ class AgentSessionSettings(BaseSettings):
         # Checked before conversion: Path("") is Path("."), the working directory.
         if isinstance(value, str) and not value.strip():
             raise ValueError("db_path must not be empty")
+        return value
+
+    @field_validator("max_messages")
+    @classmethod
+    def _max_messages_storable(cls, value: int) -> int:
+        # A storage limit (64-bit counts), not a chosen bound: its value would only confuse.
+        if value > MAX_COUNT:
+            raise ValueError("max_messages is too large")
         return value
 
     @field_validator("timezone")

@@ -71,3 +71,21 @@ def test_settings_are_frozen() -> None:
     settings = AgentSessionSettings()
     with pytest.raises(ValidationError):
         settings.max_messages = 5  # type: ignore[misc]
+
+
+def test_range_errors_never_print_the_internal_maximum(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from agent_sessions import AgentSession, InvalidArgumentError
+    from agent_sessions.ids import MAX_COUNT
+    from agent_sessions.settings import load_settings
+
+    monkeypatch.setenv("AGENT_SESSION_MAX_MESSAGES", str(2**63))
+    with pytest.raises(ConfigurationError, match="too large") as from_env:
+        load_settings()
+    assert str(MAX_COUNT) not in str(from_env.value)
+    for bad in (0, 2**63):
+        with pytest.raises(InvalidArgumentError) as raised:
+            AgentSession("u", "c", db_path=tmp_path / "x.db", max_messages=bad)
+        assert str(MAX_COUNT) not in str(raised.value)
+        assert "at least 1" in str(raised.value)
