@@ -18,8 +18,9 @@ Every error the library raises on purpose derives from one base, so an app can c
         ├── StorageFullError                         the disk or database is full
         └── CorruptDatabaseError                     the file is not a usable SQLite database
 
-Driver errors (``sqlite3``/``aiosqlite``) are translated into ``StorageError`` subclasses at
-one boundary, ``agent_sessions.storage.translate_errors``, with the original as ``__cause__``.
+Driver errors are translated into ``StorageError`` subclasses at one boundary per backend
+(``agent_sessions.backends.sqlite.connection.translate_errors`` for ``sqlite3``), with the
+original as ``__cause__``.
 """
 
 from __future__ import annotations

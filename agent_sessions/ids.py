@@ -9,10 +9,8 @@ once in a derived id and the mapping is injective: two different pairs never sha
 
 from __future__ import annotations
 
-import re
 import string
 import uuid
-from urllib.parse import unquote
 
 from .errors import InvalidArgumentError, InvalidIdentifierError
 
@@ -23,7 +21,6 @@ MAX_COUNT = 2**62
 """Upper bound of every count and limit: they are bound as 64-bit signed SQLite integers."""
 
 _SAFE = frozenset(string.ascii_letters + string.digits + ".@+-")
-_DERIVED = re.compile(r"user_([A-Za-z0-9.@+%-]+)_conv_([A-Za-z0-9.@+%-]+)")
 
 
 def normalize_identifier(value: object, what: str = "id") -> str:
@@ -82,18 +79,6 @@ def get_session_id(user_id: str | uuid.UUID, conversation_id: str | uuid.UUID) -
     return f"user_{_encode(user)}_conv_{_encode(conversation)}"
 
 
-def _derived_pair(session_id: str) -> tuple[str, str] | None:
-    """The pair ``get_session_id`` maps to ``session_id``, if it is one of its ids."""
-    derived = _DERIVED.fullmatch(session_id)
-    if derived is None:
-        return None
-    user, conversation = unquote(derived[1]), unquote(derived[2])
-    try:
-        return (user, conversation) if get_session_id(user, conversation) == session_id else None
-    except InvalidIdentifierError:
-        return None
-
-
 def _literal_pair(session_id: str) -> tuple[str, str] | None:
     """The pair ``f"user_{u}_conv_{c}"`` was written from, if only one could have been."""
     if not session_id.startswith("user_"):
@@ -114,23 +99,12 @@ def _literal_pair(session_id: str) -> tuple[str, str] | None:
         return None
 
 
-def parse_session_id(session_id: str) -> tuple[str, str] | None:
-    """Recover ``(user_id, conversation_id)`` from a session id, or ``None`` if ambiguous.
-
-    Ids made by ``get_session_id`` always parse. Older ids written by hand as
-    ``f"user_{u}_conv_{c}"`` parse when ``_conv_`` occurs exactly once after ``user_``
-    (overlapping occurrences count) and both parts are valid ids; any other id yields ``None``
-    (it keeps working by its session id).
-    """
-    return _derived_pair(session_id) or _literal_pair(session_id)
-
-
 def legacy_owner(session_id: str) -> tuple[str, str] | None:
     """The pair an id written without this library was built from, or ``None`` if unsure.
 
     Used to attribute the sessions of an adopted ``SQLiteSession`` database, whose ids were
-    built by hand as ``f"user_{u}_conv_{c}"``: unlike ``parse_session_id`` it reads them
-    literally, never percent-decoding (``user_a%5Fb_conv_c`` belongs to user ``a%5Fb``, even
+    built by hand as ``f"user_{u}_conv_{c}"``: it reads them literally, never
+    percent-decoding (``user_a%5Fb_conv_c`` belongs to user ``a%5Fb``, even
     though it is also ``get_session_id("a_b", "c")``; ``AgentSession`` refuses to open it for
     ``a_b``).
     """

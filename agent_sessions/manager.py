@@ -1,10 +1,9 @@
-"""``SessionManager``: stats, listing, pruning, clearing and cleanup over aiosqlite."""
+"""``SessionManager``: stats, listing, pruning, clearing and cleanup of one database."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 import uuid
 import warnings
@@ -13,26 +12,20 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-import aiosqlite
-
-from . import codec, storage
-from .clock import Clock, days_before, from_timestamp, now_timestamp, to_timestamp, utc_now
+from .backends import Backend, open_backend
+from .clock import Clock, days_before, now_timestamp, to_timestamp, utc_now
 from .errors import (
     EventLoopMismatchError,
     InvalidArgumentError,
     InvalidIdentifierError,
     SessionClosedError,
     SessionNotFoundError,
-    StorageUnavailableError,
 )
 from .ids import normalize_identifier, positive_int
 from .models import SessionStats
 from .settings import MAX_RETENTION_DAYS, AgentSessionSettings, resolve_setting
 
 logger = logging.getLogger("agent_sessions")
-
-_OLD_CONNECTION_CLOSE_TIMEOUT = 2.0
-"""Seconds to wait for a connection left by a stopped event loop to close."""
 
 T = TypeVar("T")
 
@@ -43,10 +36,12 @@ CLEANUP_TRANSACTION_SECONDS = 0.01
 """Target length of one cleanup transaction: a live writer waits at most about this long."""
 
 _MAX_CLEANUP_BATCH = 500  # ids bound as parameters; well under SQLite's variable limit
-_CHECKPOINT_EVERY_BATCHES = 50
-
 
 MAX_SESSION_ID_LENGTH = 4096
+
+
+async def _nothing() -> None:
+    return None
 
 
 def _session_id(value: object) -> str:
@@ -67,7 +62,8 @@ class SessionManager:
     """Inspect and maintain the sessions stored in one database.
 
     Use it as ``async with SessionManager(...) as manager:`` or call ``close()`` when done.
-    The connection opens on first use.
+    The database opens on first use. Operations run one at a time, off the event loop
+    (SQLite: in worker threads, each on its own connection).
     """
 
     def __init__(
@@ -98,8 +94,8 @@ class SessionManager:
             InvalidArgumentError: if a number is not a positive integer, or ``db_path`` is not
                 a file path (``":memory:"`` included).
         """
-        self.db_path = storage.database_path(resolve_setting(db_path, "db_path", settings))
-        if self.db_path == ":memory:":
+        target = resolve_setting(db_path, "db_path", settings)
+        if target == ":memory:":
             # Each connection to ":memory:" is a new, empty database: none of the sessions.
             raise InvalidArgumentError(
                 "SessionManager needs a database file; ':memory:' would be an empty database "
@@ -114,27 +110,25 @@ class SessionManager:
             maximum=MAX_RETENTION_DAYS,
         )
         self.cleanup_batch_size = positive_int(cleanup_batch_size, "cleanup_batch_size")
+        self._backend: Backend = open_backend(target, create=create, offload=True)  # type: ignore[arg-type]
+        self.db_path = self._backend.location
         # Kept for the scheduler, which takes the schedule (hour, minute, zone) from them.
         self.settings = settings
         self._clock: Clock = clock or utc_now
-        self._create = create
-        self._db: aiosqlite.Connection | None = None
-        self._identity: storage.FileIdentity | None = None  # of the file self._db opened
-        self._open_lock = asyncio.Lock()
-        # One aiosqlite connection serves every task using this manager: the lock keeps one
-        # operation (and so one transaction) on it at a time.
+        # One operation at a time: close() can then wait for the running one and refuse
+        # the rest. asyncio locks belong to one event loop (see _follow_running_loop).
         self._lock = asyncio.Lock()
         self._closed = False
-        self._loop: asyncio.AbstractEventLoop | None = None  # the one the connection serves
+        self._opened = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- lifecycle ---
 
     async def _follow_running_loop(self) -> None:
         """Bind to the running event loop; once the bound loop has stopped, start afresh.
 
-        An aiosqlite connection delivers results to the loop that used it, and asyncio locks
-        belong to one loop: a manager used again after ``asyncio.run`` returned (one loop
-        per call, per test) reopens in the new loop instead of hanging.
+        A manager used again after ``asyncio.run`` returned (one loop per call, per test)
+        works in the new loop.
 
         Raises:
             EventLoopMismatchError: if another event loop is running and using it.
@@ -147,71 +141,27 @@ class SessionManager:
                 f"SessionManager for {self.db_path!r} is in use by another running event "
                 "loop; use one manager per event loop (thread)"
             )
-        old, self._db, self._identity = self._db, None, None
-        self._open_lock = asyncio.Lock()
         self._lock = asyncio.Lock()
         self._loop = loop
-        if old is not None:
-            await _stop_connection(old)
 
-    async def _connection(self) -> aiosqlite.Connection:
-        if self._closed:
-            raise SessionClosedError(f"SessionManager for {self.db_path!r} is closed")
-        await self._follow_running_loop()
-        if self._db is not None:
-            return self._db
-        async with self._open_lock:
-            if self._db is None:
-                path = await asyncio.to_thread(self._prepare_file)
-                with storage.translate_errors(path):
-                    db = await aiosqlite.connect(path, isolation_level=None)
-                    try:
-                        for pragma in storage.CONNECTION_PRAGMAS:
-                            await db.execute(pragma)
-                        # Checkpoints run explicitly (see cleanup), not inside a COMMIT,
-                        # so a commit's duration is the time the write lock was held.
-                        await db.execute(storage.DISABLE_AUTOCHECKPOINT)
-                    except BaseException:
-                        await db.close()
-                        raise
-                self._db = db
-                self._identity = storage.FileIdentity.of(path)
-        return self._db
+    async def _use(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run ``operation`` alone, to its end even if the caller is cancelled.
 
-    async def _reopen_if_replaced(self, db: aiosqlite.Connection) -> aiosqlite.Connection:
-        # A connection keeps using the file it opened after that file is deleted or replaced:
-        # a long-lived manager (the daemon's) would clean up a file nobody uses any more.
-        if self._identity is None or not self._identity.changed():
-            return db
-        logger.warning("database %s was deleted or replaced; opening it again", self.db_path)
-        self._db = None
-        await db.close()
-        return await self._connection()
-
-    def _prepare_file(self) -> str:
-        # In a worker thread: creating, converting to WAL and migrating may wait on the disk
-        # or on another process's migration.
-        if not self._create and not os.path.exists(self.db_path):
-            raise StorageUnavailableError(f"no database at {self.db_path!r}", path=self.db_path)
-        path = storage.prepare_path(self.db_path)
-        storage.connect(path, create=self._create).close()
-        return path
-
-    async def _use(
-        self, body: Callable[[aiosqlite.Connection], Awaitable[T]], *, write: bool = False
-    ) -> T:
-        """Run ``body`` alone on the connection; with ``write``, in one transaction.
-
-        The body runs in a task that is always finished, even if the caller is cancelled:
-        a cancelled caller must not leave the shared connection inside a transaction (it
-        would hold the write lock for every process until the manager closed).
+        A write runs whole in the backend (one transaction); finishing it before the
+        cancellation propagates keeps ``close()`` from returning while it still runs.
         """
         await self._follow_running_loop()  # before its lock, which belongs to one loop
         async with self._lock:
-            if self._closed:  # closed while this call waited its turn
+            if self._closed:  # also when closed while this call waited its turn
                 raise SessionClosedError(f"SessionManager for {self.db_path!r} is closed")
-            db = await self._reopen_if_replaced(await self._connection())
-            task = asyncio.ensure_future(self._run(db, body, write))
+            if not self._opened:
+                try:
+                    await self._backend.open()
+                except BaseException:
+                    await self._backend.close()  # nothing held while it cannot open
+                    raise
+                self._opened = True
+            task = asyncio.ensure_future(operation())
             cancelled: asyncio.CancelledError | None = None
             while not task.done():
                 try:
@@ -224,51 +174,33 @@ class SessionManager:
                 raise cancelled
             return task.result()
 
-    async def _run(
-        self,
-        db: aiosqlite.Connection,
-        body: Callable[[aiosqlite.Connection], Awaitable[T]],
-        write: bool,
-    ) -> T:
-        with storage.translate_errors(self.db_path):
-            if not write:
-                return await body(db)
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                result = await body(db)
-                await db.commit()
-            except BaseException:
-                if db.in_transaction:
-                    await db.rollback()
-                raise
-            return result
-
-    async def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        async def fetch(db: aiosqlite.Connection) -> list[Any]:
-            return list(await db.execute_fetchall(sql, params))
-
-        return await self._use(fetch)
-
     async def open(self) -> Self:
-        """Open the connection (and migrate the schema) now rather than on first use."""
-        await self._connection()
+        """Open (creating or migrating) the database now rather than on first use."""
+        await self._use(_nothing)
         return self
 
     async def close(self) -> None:
-        """Close the connection; the manager cannot be used afterwards.
+        """Close the manager; it cannot be used afterwards.
 
         An operation already running finishes first (a cleanup stops after its current
         batch); calls made or still waiting after ``close`` raise ``SessionClosedError``.
         """
         self._closed = True
         await self._follow_running_loop()
-        async with self._lock:  # never close the connection inside another call's transaction
-            db, self._db = self._db, None
-            if db is not None:
-                await db.close()
+        async with self._lock:  # wait for the running operation
+            await self._backend.close()
 
     async def __aenter__(self) -> Self:
         return await self.open()
+
+    def __del__(self) -> None:
+        backend = getattr(self, "_backend", None)
+        if backend is not None and backend.holds_resources:
+            warnings.warn(
+                f"SessionManager for {self.db_path!r} was not closed",
+                ResourceWarning,
+                stacklevel=1,
+            )
 
     async def __aexit__(
         self,
@@ -277,14 +209,6 @@ class SessionManager:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_db", None) is not None:
-            warnings.warn(
-                f"SessionManager for {self.db_path!r} was not closed",
-                ResourceWarning,
-                stacklevel=1,
-            )
 
     # --- queries ---
 
@@ -296,28 +220,6 @@ class SessionManager:
         # differently from the stored value of the same instant (near powers of two).
         return to_timestamp(days_before(self._clock(), retention_days))
 
-    @staticmethod
-    async def _stats(db: aiosqlite.Connection, row: Any) -> SessionStats:
-        session_id, user_id, conversation_id, created_ts, last_activity_ts = row
-        rows = await db.execute_fetchall(storage.SELECT_ALL_ROWS, (session_id,))
-        decoded = codec.decode_rows(rows)  # type: ignore[arg-type]
-        return SessionStats(
-            session_id=session_id,
-            user_id=user_id,
-            conversation_id=conversation_id,
-            message_count=len(decoded.items),
-            corrupt_items=len(decoded.corrupt_row_ids),
-            created_at=from_timestamp(created_ts if created_ts is not None else 0.0),
-            last_activity=from_timestamp(last_activity_ts if last_activity_ts is not None else 0.0),
-        )
-
-    @staticmethod
-    async def _require(db: aiosqlite.Connection, session_id: str) -> Any:
-        rows = list(await db.execute_fetchall(storage.SELECT_SESSION, (session_id,)))
-        if not rows:
-            raise SessionNotFoundError(session_id)
-        return rows[0]
-
     async def get_session_stats(self, session_id: str) -> SessionStats:
         """Return what is stored for ``session_id``.
 
@@ -325,11 +227,10 @@ class SessionManager:
             SessionNotFoundError: if no session has that id.
         """
         session_id = _session_id(session_id)
-
-        async def stats(db: aiosqlite.Connection) -> SessionStats:
-            return await self._stats(db, await self._require(db, session_id))
-
-        return await self._use(stats)
+        stats = await self._use(lambda: self._backend.session_stats(session_id))
+        if stats is None:
+            raise SessionNotFoundError(session_id)
+        return stats
 
     async def get_items(self, session_id: str) -> list[dict[str, Any]]:
         """Return a session's decodable items, oldest first (corrupt rows are skipped).
@@ -338,13 +239,10 @@ class SessionManager:
             SessionNotFoundError: if no session has that id.
         """
         session_id = _session_id(session_id)
-
-        async def items(db: aiosqlite.Connection) -> list[dict[str, Any]]:
-            await self._require(db, session_id)
-            rows = await db.execute_fetchall(storage.SELECT_ALL_ROWS, (session_id,))
-            return [dict(item) for item in codec.decode_rows(rows).items]  # type: ignore[arg-type]
-
-        return await self._use(items)
+        decoded = await self._use(lambda: self._backend.stored_items(session_id))
+        if decoded is None:
+            raise SessionNotFoundError(session_id)
+        return [dict(item) for item in decoded.items]
 
     async def list_sessions(
         self, user_id: str | uuid.UUID | None = None, *, limit: int = 50, offset: int = 0
@@ -358,33 +256,25 @@ class SessionManager:
         limit = positive_int(limit, "limit")
         offset = positive_int(offset, "offset", minimum=0)
         user = None if user_id is None else normalize_identifier(user_id, "user_id")
-
-        async def listing(db: aiosqlite.Connection) -> list[SessionStats]:
-            if user is None:
-                rows = await db.execute_fetchall(storage.LIST_SESSIONS, (limit, offset))
-            else:
-                rows = await db.execute_fetchall(storage.LIST_USER_SESSIONS, (user, limit, offset))
-            return [await self._stats(db, row) for row in rows]
-
-        return await self._use(listing)
+        return await self._use(lambda: self._backend.list_sessions(user, limit, offset))
 
     async def get_session_count(self) -> int:
         """Count all stored sessions."""
-        return int((await self._fetch(storage.COUNT_SESSIONS_AND_ROWS))[0][0])
+        return (await self._use(lambda: self._backend.totals(self._now()))).sessions
 
     async def get_active_session_count(self) -> int:
         """Count sessions active within the last ``retention_days``."""
         cutoff = self._cutoff(self.retention_days)
-        return int((await self._fetch(storage.COUNT_ACTIVE_SESSIONS, (cutoff,)))[0][0])
+        return (await self._use(lambda: self._backend.totals(cutoff))).active_sessions
 
     async def get_average_messages_per_session(self) -> float:
         """Average stored rows per session; ``0.0`` when there are no sessions.
 
-        Counted in SQL over the whole table, so rows that fail to decode are included (unlike
+        Counted over the whole table, so rows that fail to decode are included (unlike
         ``SessionStats.message_count``, which decodes each row).
         """
-        sessions, items = (await self._fetch(storage.COUNT_SESSIONS_AND_ROWS))[0]
-        return float(items) / sessions if sessions else 0.0
+        totals = await self._use(lambda: self._backend.totals(self._now()))
+        return totals.items / totals.sessions if totals.sessions else 0.0
 
     # --- maintenance ---
 
@@ -398,17 +288,12 @@ class SessionManager:
             SessionNotFoundError: if no session has that id.
         """
         session_id = _session_id(session_id)
-
-        async def prune(db: aiosqlite.Connection) -> int:
-            await self._require(db, session_id)
-            rows = await db.execute_fetchall(storage.SELECT_ALL_ROWS, (session_id,))
-            cut = storage.plan_cut(list(rows), self.max_messages)  # type: ignore[arg-type]
-            if cut is None:
-                return 0
-            cursor = await db.execute(storage.DELETE_ROWS_BEFORE, (session_id, cut))
-            return int(cursor.rowcount)
-
-        return await self._use(prune, write=True)
+        deleted = await self._use(
+            lambda: self._backend.prune_session(session_id, self.max_messages)
+        )
+        if deleted is None:
+            raise SessionNotFoundError(session_id)
+        return deleted
 
     async def prune_all_sessions(self) -> int:
         """Apply the pruning rule to every session, one transaction each.
@@ -417,11 +302,11 @@ class SessionManager:
             The number of items deleted in all.
         """
         deleted = 0
-        for (session_id,) in await self._fetch(storage.LIST_SESSION_IDS):
-            try:
-                deleted += await self.prune_session_messages(session_id)
-            except SessionNotFoundError:
-                continue  # cleared since it was listed
+        for session_id in await self._use(self._backend.session_ids):
+            pruned = await self._use(
+                lambda: self._backend.prune_session(session_id, self.max_messages)  # noqa: B023
+            )
+            deleted += pruned or 0  # None: cleared since it was listed
         return deleted
 
     async def clear_session(self, session_id: str) -> int:
@@ -434,14 +319,10 @@ class SessionManager:
             SessionNotFoundError: if no session has that id.
         """
         session_id = _session_id(session_id)
-
-        async def clear(db: aiosqlite.Connection) -> int:
-            await self._require(db, session_id)
-            deleted = (await db.execute(storage.DELETE_SESSION_ROWS, (session_id,))).rowcount
-            await db.execute(storage.DELETE_SESSION, (session_id,))
-            return int(deleted)
-
-        return await self._use(clear, write=True)
+        deleted = await self._use(lambda: self._backend.delete_session(session_id))
+        if deleted is None:
+            raise SessionNotFoundError(session_id)
+        return deleted
 
     def _idle_cutoff(self, retention_days: int | None) -> float:
         """The activity time before which a session is idle, for ``retention_days``."""
@@ -468,13 +349,8 @@ class SessionManager:
             InvalidArgumentError: if ``retention_days`` or ``limit`` is out of range.
         """
         cutoff = self._idle_cutoff(retention_days)
-        count = -1 if limit is None else positive_int(limit, "limit")  # SQLite: -1, no limit
-
-        async def listing(db: aiosqlite.Connection) -> list[SessionStats]:
-            rows = await db.execute_fetchall(storage.LIST_IDLE_SESSIONS, (cutoff, count))
-            return [await self._stats(db, row) for row in rows]
-
-        return await self._use(listing)
+        count = None if limit is None else positive_int(limit, "limit")
+        return await self._use(lambda: self._backend.list_idle_sessions(cutoff, count))
 
     async def cleanup_inactive_sessions(
         self, *, retention_days: int | None = None, dry_run: bool = False
@@ -496,27 +372,19 @@ class SessionManager:
         """
         cutoff = self._idle_cutoff(retention_days)
         if dry_run:
-            return int((await self._fetch(storage.COUNT_IDLE_SESSIONS, (cutoff,)))[0][0])
-        deleted = batches = 0
+            return await self._use(lambda: self._backend.count_idle_sessions(cutoff))
+        deleted = 0
         batch_size = self.cleanup_batch_size
         while True:
-            batch = [
-                row[0] for row in await self._fetch(storage.SELECT_IDLE_BATCH, (cutoff, batch_size))
-            ]
-            if not batch:
-                await self._fetch(storage.CHECKPOINT_PASSIVE)
-                return deleted
-            delete_rows, delete_sessions = storage.delete_idle_batch_statements(len(batch))
-            params = (cutoff, *batch)
-
-            async def delete(db: aiosqlite.Connection) -> int:
-                await db.execute(delete_rows, params)  # noqa: B023 (awaited in this iteration)
-                return int((await db.execute(delete_sessions, params)).rowcount)  # noqa: B023
-
+            size = batch_size
             started = time.perf_counter()
-            deleted += await self._use(delete, write=True)
+            done = await self._use(lambda: self._backend.delete_idle_batch(cutoff, size))  # noqa: B023
             held = time.perf_counter() - started
-            logger.debug("cleanup: %d session(s) in %.1f ms", len(batch), held * 1000)
+            if not done:
+                await self._use(self._backend.finish_cleanup)
+                return deleted
+            deleted += done
+            logger.debug("cleanup: %d session(s) in %.1f ms", done, held * 1000)
             # Size the next batch so the write lock is held about the target time, then leave
             # it free at least as long, so live writers get their turn.
             if held > CLEANUP_TRANSACTION_SECONDS:
@@ -524,22 +392,3 @@ class SessionManager:
             elif held < CLEANUP_TRANSACTION_SECONDS / 4:
                 batch_size = min(_MAX_CLEANUP_BATCH, batch_size * 2)
             await asyncio.sleep(min(held, CLEANUP_TRANSACTION_SECONDS))
-            batches += 1
-            if batches % _CHECKPOINT_EVERY_BATCHES == 0:
-                # Passive: never blocks writers; it runs in aiosqlite's thread.
-                await self._fetch(storage.CHECKPOINT_PASSIVE)
-
-
-async def _stop_connection(db: aiosqlite.Connection) -> None:
-    """Close a connection left by an event loop that stopped, without ever hanging.
-
-    Its worker thread closes the sqlite3 connection (rolling back an open transaction) and
-    ends. If the old loop closed while a call was in flight, delivering that result killed
-    the thread: then nothing is waited for, and the connection is closed when ``db`` is
-    garbage-collected.
-    """
-    worker = getattr(db, "_thread", None)  # aiosqlite's, hence getattr: only an optimisation
-    stopped = db.stop()
-    if stopped is not None and (worker is None or worker.is_alive()):
-        # asyncio.wait, not wait_for: a timeout must not cancel and then wait on the future.
-        await asyncio.wait({stopped}, timeout=_OLD_CONNECTION_CLOSE_TIMEOUT)

@@ -9,7 +9,9 @@ The rule, for a history longer than ``max_items``:
 1. keep the longest suffix of length <= ``max_items`` that starts at a user message;
 2. else keep the suffix from the newest user message (the current turn stays whole);
 3. else (no user message at all) keep the longest suffix of length <= ``max_items`` that is
-   *safe* to start at (see ``is_safe_start``);
+   *safe* to start at: no tool output or approval response is kept without its call or
+   request, no call is dropped while its output is yet to arrive, the start does not follow a
+   reasoning item, and the item there decodes;
 4. else keep everything: pruning never empties a session and never breaks it.
 
 In rules 1 and 2 a user message is passed over if starting there would keep a tool output
@@ -112,22 +114,10 @@ def _unsafe_starts(items: Sequence[Item | None]) -> list[bool]:
     return unsafe
 
 
-def is_safe_start(items: Sequence[Item | None], start: int) -> bool:
-    """Return whether ``items[start:]`` is valid history on its own.
-
-    Safe means: no tool output or approval response is kept without its call or request, no
-    call is dropped while its output is yet to arrive, ``start`` is not right after a
-    reasoning item, and ``items[start]`` is a decodable item.
-    """
-    if not 0 <= start < len(items):
-        return False
-    return not _unsafe_starts(items)[start]
-
-
 def outputs_needing_stored_calls(batch: Sequence[Item]) -> dict[str, list[int]]:
     """Outputs in ``batch`` whose call is not earlier in the same batch, by pairing key.
 
-    Their calls must already be stored; see ``storage.append_items``.
+    Their calls must already be stored; see the backends' ``append_items``.
     """
     called: set[str] = set()
     needing: dict[str, list[int]] = {}

@@ -5,40 +5,105 @@ from __future__ import annotations
 import logging
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 from agents import SQLiteSession
 from agents.items import TResponseInputItem
 from agents.memory import SessionSettings
 from agents.memory.session_settings import coerce_session_settings, resolve_session_limit
 
-from . import codec, storage
+from . import codec
+from .backends.base import Backend, SessionKey
+from .backends.sqlite import SQLiteBackend
+from .backends.sqlite.schema import MESSAGES_TABLE, SESSIONS_TABLE
 from .clock import Clock, now_timestamp, utc_now
-from .engine import Engine, EngineClosed, registry
-from .errors import (
-    AgentSessionsError,
-    InvalidIdentifierError,
-    InvalidItemError,
-    SessionClosedError,
-)
-from .ids import (
-    get_session_id,
-    legacy_owner,
-    normalize_identifier,
-    optional_limit,
-    positive_int,
-)
+from .errors import AgentSessionsError, InvalidItemError, SessionClosedError
+from .ids import get_session_id, normalize_identifier, optional_limit, positive_int
 from .settings import AgentSessionSettings, resolve_setting
 
 logger = logging.getLogger("agent_sessions")
 
-T = TypeVar("T")
+
+class BoundedSessionMixin:
+    """The session protocol over a ``Backend``: what every session class of ours shares.
+
+    A subclass sets ``session_id``, ``max_messages``, ``session_settings``, ``_backend``,
+    ``_key``, ``_clock`` and ``_closed``.
+    """
+
+    session_id: str
+    max_messages: int
+    session_settings: SessionSettings | None
+    _backend: Backend
+    _key: SessionKey
+    _clock: Clock
+    _closed: bool
+
+    async def get_items(self, limit: int | None = None) -> list[TResponseInputItem]:
+        """Return the history, oldest first; with ``limit``, only the newest ``limit`` items.
+
+        Rows that cannot be decoded as items are skipped and logged. As in the SDK, ``None``
+        or a negative limit reads everything.
+
+        Raises:
+            InvalidArgumentError: if ``limit`` is neither ``None`` nor an int.
+        """
+        session_limit = optional_limit(resolve_session_limit(limit, self.session_settings))
+        decoded = await self._open_backend().read_items(self.session_id, session_limit)
+        if decoded.corrupt_row_ids:
+            logger.warning(
+                "session %r: skipped %d corrupt row(s) (ids %s)",
+                self.session_id,
+                len(decoded.corrupt_row_ids),
+                decoded.corrupt_row_ids[:10],
+            )
+        return decoded.items  # type: ignore[return-value]
+
+    async def add_items(self, items: list[TResponseInputItem]) -> None:
+        """Append items, then prune to ``max_messages``, in one transaction.
+
+        A tool output whose call is no longer stored (an approval answered after pruning
+        removed the waiting call) is left out with a warning: the model would reject it.
+
+        Raises:
+            InvalidItemError: (also a ``TypeError``) if ``items`` is not a list (or iterable)
+                of JSON-serialisable dicts; nothing is written.
+            StorageError: (a subclass) if the database fails; nothing is written.
+        """
+        backend = self._open_backend()
+        if not items:
+            return
+        if not isinstance(items, list):
+            items = _as_item_list(items)
+        payloads = codec.encode_items(items)
+        now = now_timestamp(self._clock)
+        pruned = await backend.append_items(self._key, items, payloads, now, self.max_messages)
+        if pruned:
+            logger.debug("session %r: pruned %d item(s)", self.session_id, pruned)
+
+    async def pop_item(self) -> TResponseInputItem | None:
+        """Remove and return the newest item, or ``None`` if the session is empty."""
+        now = now_timestamp(self._clock)
+        item = await self._open_backend().pop_item(self.session_id, now)
+        return item  # type: ignore[return-value]
+
+    async def clear_session(self) -> None:
+        """Delete every item of this session and its session row."""
+        await self._open_backend().delete_session(self.session_id)
+
+    def _open_backend(self) -> Backend:
+        if self._closed:
+            # The SDK's own wording too: code written for SQLiteSession may match it.
+            raise SessionClosedError(
+                f"session {self.session_id!r} is closed (SQLiteSession is closed)"
+            )
+        return self._backend
 
 
-class AgentSession(SQLiteSession):
+class AgentSession(BoundedSessionMixin, SQLiteSession):
     """Persistent, bounded conversation history for one user's conversation.
 
     Pass it as ``session=`` to ``Runner.run``; the agent then sees earlier turns, across
@@ -52,6 +117,8 @@ class AgentSession(SQLiteSession):
         session_id: ``get_session_id(user_id, conversation_id)``.
         max_messages: How many items are kept after each write.
     """
+
+    _backend: SQLiteBackend
 
     def __init__(
         self,
@@ -92,155 +159,40 @@ class AgentSession(SQLiteSession):
         self.max_messages = positive_int(
             resolve_setting(max_messages, "max_messages", settings), "max_messages"
         )
-        path = storage.database_path(resolve_setting(db_path, "db_path", settings))
+        backend = SQLiteBackend(resolve_setting(db_path, "db_path", settings))
         # SQLiteSession.__init__ is deliberately not called: it opens a connection and checks
         # the schema for every object (about 2 ms). The attributes it documents are set here
         # and every method it implements is overridden, on a shared connection instead.
-        self.session_id = session_id
-        self.db_path = path
-        self.sessions_table = storage.SESSIONS_TABLE
-        self.messages_table = storage.MESSAGES_TABLE
+        self.db_path = backend.path
+        self.sessions_table = SESSIONS_TABLE
+        self.messages_table = MESSAGES_TABLE
         # The SDK's coercion and its errors (TypeError for unknown fields), as in SQLiteSession.
         self.session_settings = (
             coerce_session_settings(session_settings)
             if session_settings is not None
             else SessionSettings()
         )
-        self._clock: Clock = clock or utc_now
-        self._key = storage.SessionKey(session_id, user, conversation)
+        self._clock = clock or utc_now
         self._closed = False
-        # In-memory databases are private to the session (as in the SDK); files are shared
-        # through the registry, looked up per call by the calling thread. Opening here makes a
-        # bad path fail at construction, naming it.
-        self._memory = Engine(":memory:") if self.db_path == ":memory:" else None
-        if self._memory is None:
-            self._claim_session_id(registry.get(str(self.db_path), reopen_if_replaced=True))
-
-    def _claim_session_id(self, engine: Engine) -> None:
-        # Only ids with a percent-escape need a look at the file. Such an id may also be the
-        # hand-built id of another pair in an adopted SQLiteSession database (user_a%5Fb_conv_c
-        # of user "a%5Fb"), whose history this pair must not see; and this pair's own
-        # hand-built id (user_a_b_conv_c) may hold its history.
-        if "%" not in self.session_id:
-            return
-        mine = (self.user_id, self.conversation_id)
-        unclaimed = (None, None)  # e.g. a row a plain SQLiteSession created on this file
-        with storage.translate_errors(self.db_path):
-            owner = storage.session_owner(engine.conn, self.session_id)
-            if owner == mine:
-                return
-            legacy = f"user_{self.user_id}_conv_{self.conversation_id}"
-            if legacy_owner(legacy) == mine and storage.session_owner(engine.conn, legacy) in (
-                mine,
-                unclaimed,
-            ):
-                self.session_id = legacy
-                self._key = storage.SessionKey(legacy, self.user_id, self.conversation_id)
-                return
-        if owner not in (None, unclaimed):
-            raise InvalidIdentifierError(
-                f"session id {self.session_id!r} of user {self.user_id!r}, conversation "
-                f"{self.conversation_id!r} belongs in {str(self.db_path)!r} to user "
-                f"{owner[0]!r}, conversation {owner[1]!r} (a hand-built id adopted from a plain "
-                "SQLiteSession database); it is not opened for this pair"
-            )
-
-    # --- the Session protocol ---
-
-    async def get_items(self, limit: int | None = None) -> list[TResponseInputItem]:
-        """Return the history, oldest first; with ``limit``, only the newest ``limit`` items.
-
-        Rows that cannot be decoded as items are skipped and logged. As in the SDK, ``None``
-        or a negative limit reads everything.
-
-        Raises:
-            InvalidArgumentError: if ``limit`` is neither ``None`` nor an int.
-        """
-        session_limit = optional_limit(resolve_session_limit(limit, self.session_settings))
-        decoded = await self._call(
-            lambda conn: storage.read_items(conn, self.session_id, session_limit)
-        )
-        if decoded.corrupt_row_ids:
-            logger.warning(
-                "session %r: skipped %d corrupt row(s) (ids %s)",
-                self.session_id,
-                len(decoded.corrupt_row_ids),
-                decoded.corrupt_row_ids[:10],
-            )
-        return decoded.items  # type: ignore[return-value]
-
-    async def add_items(self, items: list[TResponseInputItem]) -> None:
-        """Append items, then prune to ``max_messages``, in one transaction.
-
-        A tool output whose call is no longer stored (an approval answered after pruning
-        removed the waiting call) is left out with a warning: the model would reject it.
-
-        Raises:
-            InvalidItemError: if ``items`` is not a list (or iterable) of JSON-serialisable
-                dicts; nothing is written.
-            StorageError: (a subclass) if the database fails; nothing is written.
-        """
-        self._open_engine()
-        if not items:
-            return
-        if not isinstance(items, list):
-            items = _as_item_list(items)
-        payloads = codec.encode_items(items)
-        now = now_timestamp(self._clock)
-        pruned = await self._call(
-            lambda conn: storage.append_items(
-                conn, self._key, items, payloads, now, self.max_messages
-            ),
-            write=True,
-        )
-        if pruned:
-            logger.debug("session %r: pruned %d item(s)", self.session_id, pruned)
-
-    async def pop_item(self) -> TResponseInputItem | None:
-        """Remove and return the newest item, or ``None`` if the session is empty."""
-        now = now_timestamp(self._clock)
-        item = await self._call(
-            lambda conn: storage.pop_newest(conn, self.session_id, now), write=True
-        )
-        return item  # type: ignore[return-value]
-
-    async def clear_session(self) -> None:
-        """Delete every item of this session and its session row."""
-        await self._call(lambda conn: storage.delete_session(conn, self.session_id), write=True)
+        self._backend = backend
+        # Opening here makes a bad path fail at construction, naming it.
+        self.session_id = backend.open_session(user, conversation, session_id)
+        self._key = SessionKey(self.session_id, user, conversation)
 
     def close(self) -> None:
         """Mark the session closed; it cannot be used afterwards. Idempotent.
 
         File connections are shared by every session on the file and stay open for the next
-        one (see ``agent_sessions.engine``); an in-memory database is discarded.
+        one (see ``agent_sessions.backends.sqlite.engine``); an in-memory database is
+        discarded.
         """
         self._closed = True
-        memory, self._memory = self._memory, None
-        if memory is not None:
-            memory.close()
-
-    async def _call(
-        self, operation: Callable[[sqlite3.Connection], T], *, write: bool = False
-    ) -> T:
-        while True:
-            engine = self._open_engine()
-            try:
-                return await (engine.write(operation) if write else engine.read(operation))
-            except EngineClosed:
-                continue
-
-    def _open_engine(self) -> Engine:
-        if self._closed:
-            # The SDK's own wording too: code written for SQLiteSession may match it.
-            raise SessionClosedError(
-                f"session {self.session_id!r} is closed (SQLiteSession is closed)"
-            )
-        return self._memory if self._memory is not None else registry.get(str(self.db_path))
+        self._backend.close_now()
 
     # --- SQLiteSession internals that must not be reached on this class ---
 
     def _check_not_closed(self) -> None:
-        self._open_engine()
+        self._open_backend()
 
     def _get_connection(self) -> sqlite3.Connection:
         raise AgentSessionsError("AgentSession does not use SQLiteSession's thread connections")

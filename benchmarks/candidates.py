@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent_sessions import storage
+from agent_sessions.backends import base
+from agent_sessions.backends.sqlite import connection, schema, sql
 from agent_sessions.ids import get_session_id
 
 MAX_MESSAGES = 200
@@ -27,7 +28,7 @@ DESCRIPTIONS = {
     "sdk": "agents.SQLiteSession(session_id, db_path=file)",
     "sdk_async": "agents.extensions.memory.AsyncSQLiteSession(session_id, db_path=file)",
     "baseline_prune": "plain sqlite3 in the event-loop thread, one connection per file, "
-    f"storage.append_items(max_items={MAX_MESSAGES}) / storage.read_items",
+    f"sql.append_items(max_items={MAX_MESSAGES}) / sql.read_items",
     "baseline_noprune": "as baseline_prune, max_items=10**9 (never prunes)",
 }
 
@@ -40,18 +41,16 @@ class BaselineSession:
     ):
         self.session_id = get_session_id(user_id, conversation_id)
         self._conn = conn
-        self._key = storage.SessionKey(self.session_id, user_id, conversation_id)
+        self._key = base.SessionKey(self.session_id, user_id, conversation_id)
         self._max_items = max_items
 
     async def get_items(self, limit: int | None = None) -> list[Any]:
-        return storage.read_items(self._conn, self.session_id, limit).items
+        return sql.read_items(self._conn, self.session_id, limit).items
 
     async def add_items(self, items: list[Any]) -> None:
         payloads = [json.dumps(item) for item in items]
-        with storage.write_transaction(self._conn):
-            storage.append_items(
-                self._conn, self._key, items, payloads, time.time(), self._max_items
-            )
+        with connection.write_transaction(self._conn):
+            sql.append_items(self._conn, self._key, items, payloads, time.time(), self._max_items)
 
     def close(self) -> None:
         pass  # the connection belongs to the store
@@ -67,7 +66,7 @@ class Store:
         self.path = path
         self._conn: sqlite3.Connection | None = None
         if candidate.startswith("baseline"):
-            self._conn = storage.connect(path)
+            self._conn = schema.connect(path)
 
     def open(self, user_id: str, conversation_id: str) -> Any:
         """Create the candidate's session object (what an app does per request)."""
@@ -110,7 +109,7 @@ def create_file(candidate: str, path: Path) -> None:
 
         SQLiteSession("bench_init", db_path=path).close()
     elif candidate != "sdk_async":  # AsyncSQLiteSession creates its tables on first use
-        storage.connect(path).close()
+        schema.connect(path).close()
 
 
 def remove_file(path: Path) -> None:

@@ -1,6 +1,6 @@
 """Cleanup of idle sessions while a live session keeps writing (agent only).
 
-A file is filled with raw ``executemany`` into the tables ``storage.connect`` creates: idle
+A file is filled with raw ``executemany`` into the tables ``schema.connect`` creates: idle
 sessions (last activity 30 days ago) and active ones (last activity within the hour), 50 small
 items each. Then ``SessionManager(retention_days=7).cleanup_inactive_sessions()`` runs while a
 live ``AgentSession`` on the same file writes a turn every 5 ms in the same event loop; the
@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from agent_sessions import SessionManager, storage
+from agent_sessions import SessionManager
+from agent_sessions.backends.sqlite import schema
 from agent_sessions.ids import get_session_id
 
 from . import candidates, items, stats
@@ -41,7 +42,7 @@ IDLE_WRITER_S = 0.5
 
 def build(path: Path, idle: int, active: int, per_session: int) -> None:
     """Create ``path`` with ``idle`` + ``active`` sessions of ``per_session`` items each."""
-    storage.connect(path).close()
+    schema.connect(path).close()
     now = time.time()
     conn = sqlite3.connect(path, isolation_level=None)
     try:
@@ -64,12 +65,12 @@ def build(path: Path, idle: int, active: int, per_session: int) -> None:
 
         conn.execute("BEGIN")
         conn.executemany(
-            f"INSERT INTO {storage.SESSIONS_TABLE} (session_id, user_id, conversation_id, "
+            f"INSERT INTO {schema.SESSIONS_TABLE} (session_id, user_id, conversation_id, "
             "created_ts, last_activity_ts) VALUES (?, ?, ?, ?, ?)",
             sessions(),
         )
         conn.executemany(
-            f"INSERT INTO {storage.MESSAGES_TABLE} (session_id, message_data) VALUES (?, ?)",
+            f"INSERT INTO {schema.MESSAGES_TABLE} (session_id, message_data) VALUES (?, ?)",
             rows(),
         )
         conn.execute("COMMIT")

@@ -19,8 +19,8 @@ from agent_sessions import (
     InvalidIdentifierError,
     SessionManager,
     StorageError,
-    storage,
 )
+from agent_sessions.backends.sqlite import schema
 from tests.conftest import FakeClock
 from tests.items import assistant, user
 
@@ -176,7 +176,7 @@ async def test_schema_version_is_recorded_and_user_version_untouched(legacy_db: 
     async with SessionManager(legacy_db, max_messages=100, retention_days=7) as manager:
         await manager.get_session_count()
     versions = query(legacy_db, "SELECT version FROM agent_sessions_schema")
-    assert versions == [(m.version,) for m in storage.MIGRATIONS], versions
+    assert versions == [(m.version,) for m in schema.MIGRATIONS], versions
     assert query(legacy_db, "PRAGMA user_version") == [(77,)]
 
 
@@ -238,7 +238,7 @@ async def test_plain_sqlite_session_still_reads_and_writes(legacy_db: Path) -> N
 def _adopt_worker(path: str, index: int, barrier: Any, applied: Any, results: Any) -> None:
     """Open the legacy file in a fresh process, counting migrations that actually ran."""
 
-    def counted(migration: storage.Migration) -> storage.Migration:
+    def counted(migration: schema.Migration) -> schema.Migration:
         def apply(conn: sqlite3.Connection) -> None:
             migration.apply(conn)
             with applied.get_lock():
@@ -246,7 +246,7 @@ def _adopt_worker(path: str, index: int, barrier: Any, applied: Any, results: An
 
         return dataclasses.replace(migration, apply=apply)
 
-    storage.MIGRATIONS = tuple(counted(m) for m in storage.MIGRATIONS)
+    schema.MIGRATIONS = tuple(counted(m) for m in schema.MIGRATIONS)
 
     async def open_and_read() -> int:
         if index % 2 == 0:
@@ -282,10 +282,10 @@ def test_four_processes_adopt_the_file_exactly_once(legacy_db: Path) -> None:
             process.join(timeout=60)
     assert [process.exitcode for process in processes] == [0, 0, 0, 0]
     assert outcome == [(index, 4, None) for index in range(4)], outcome
-    migrations = len(storage.MIGRATIONS)
+    migrations = len(schema.MIGRATIONS)
     assert applied.value == migrations, f"{applied.value} migrations ran, not {migrations}"
     assert query(legacy_db, "SELECT version FROM agent_sessions_schema") == [
-        (m.version,) for m in storage.MIGRATIONS
+        (m.version,) for m in schema.MIGRATIONS
     ]
     assert query(legacy_db, "PRAGMA user_version") == [(77,)]
     columns = [row[1] for row in query(legacy_db, "PRAGMA table_info(agent_sessions)")]
@@ -309,14 +309,14 @@ async def test_newer_schema_version_is_refused(legacy_db: Path) -> None:
     execute(
         legacy_db,
         "INSERT INTO agent_sessions_schema (version, description) "
-        f"VALUES ({storage.LATEST_VERSION + 1}, 'from the future')",
+        f"VALUES ({schema.LATEST_VERSION + 1}, 'from the future')",
     )
     before = snapshot(legacy_db)
     with pytest.raises(StorageError, match="newer"):
         AgentSession("42", "abc", db_path=legacy_db)
     manager = SessionManager(legacy_db, max_messages=100, retention_days=7)
     try:
-        with pytest.raises(StorageError, match=f"version {storage.LATEST_VERSION + 1}"):
+        with pytest.raises(StorageError, match=f"version {schema.LATEST_VERSION + 1}"):
             await manager.get_session_count()
     finally:
         await manager.close()
@@ -329,7 +329,7 @@ async def test_newer_schema_version_error_names_the_database(legacy_db: Path) ->
     execute(
         legacy_db,
         "INSERT INTO agent_sessions_schema (version, description) "
-        f"VALUES ({storage.LATEST_VERSION + 1}, 'x')",
+        f"VALUES ({schema.LATEST_VERSION + 1}, 'x')",
     )
     with pytest.raises(StorageError) as info:
         AgentSession("42", "abc", db_path=legacy_db)
@@ -409,7 +409,7 @@ async def test_a_version_2_database_is_upgraded_and_its_sessions_rechecked(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "v2.db"
-    with closing(storage.connect(path)):
+    with closing(schema.connect(path)):
         pass
     # Version 2 as it was released: its SDK-write trigger only recorded activity, and a
     # NULL late_call_row meant "no late answer".
@@ -423,8 +423,8 @@ async def test_a_version_2_database_is_upgraded_and_its_sessions_rechecked(
         "INSERT INTO agent_sessions (session_id, late_call_row, last_activity_ts) "
         "VALUES ('s', 0, 1)",
     )
-    with closing(storage.connect(path)) as conn:
-        assert storage.schema_version(conn) == 3
+    with closing(schema.connect(path)) as conn:
+        assert schema.schema_version(conn) == 3
         conn.execute("UPDATE agent_sessions SET updated_at = '2026-01-01 00:00:00'")
         row = conn.execute("SELECT late_call_row, last_activity_ts FROM agent_sessions").fetchone()
     assert row == (None, datetime(2026, 1, 1, tzinfo=UTC).timestamp())

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import aiosqlite
 import pytest
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -29,8 +28,8 @@ from agent_sessions import (
     SessionNotFoundError,
     get_settings,
     start_cleanup_scheduler,
-    storage,
 )
+from agent_sessions.backends.sqlite import sql
 from agent_sessions.clock import utc_now
 from agent_sessions.scheduler import MISFIRE_GRACE_SECONDS, run_cleanup, run_daemon
 from tests.conftest import FakeClock
@@ -222,9 +221,9 @@ async def test_batches_delete_every_idle_session(db_path: Path, clock: FakeClock
 
     statements: list[str] = []
     async with manager_for(db_path, clock, batch=3) as manager:
-        # Private: the manager's aiosqlite connection, traced to see its transactions.
-        assert manager._db is not None
-        await manager._db.set_trace_callback(statements.append)
+        # Private: the SQLite backend runs this on the manager's connection, traced to see
+        # its transactions.
+        await manager._backend._run(lambda conn: conn.set_trace_callback(statements.append))  # type: ignore[attr-defined]
         assert await manager.cleanup_inactive_sessions() == 20
     # The trace shows bound values: the ids each batch deleted, batch by batch.
     batches = [
@@ -234,7 +233,9 @@ async def test_batches_delete_every_idle_session(db_path: Path, clock: FakeClock
     ]
     transactions = [sql for sql in statements if sql.startswith("BEGIN")]
     assert len(batches[0]) == 3, f"the first batch is cleanup_batch_size: {batches[0]}"
-    assert len(transactions) == len(batches) >= 3, (len(transactions), [len(b) for b in batches])
+    # One transaction per batch, selection included, and a last one that finds none left.
+    assert len(transactions) == len(batches) + 1, (len(transactions), [len(b) for b in batches])
+    assert len(batches) >= 3, [len(b) for b in batches]
     assert sorted(sid for batch in batches for sid in batch) == sorted(idle)
     assert session_ids(db_path) == set(keep)
     assert set(rows_per_session(db_path)) == set(keep)
@@ -244,39 +245,28 @@ async def test_batches_delete_every_idle_session(db_path: Path, clock: FakeClock
 # --- races with writers ---------------------------------------------------------------------
 
 
-class _WriteBeforeBegin:
-    """Delegates to an aiosqlite connection, running ``hook`` before its first BEGIN."""
+class RacingBackend:
+    """Delegates to a manager's backend, running ``hook`` before the first cleanup batch."""
 
-    def __init__(self, db: aiosqlite.Connection, hook: Callable[[], Awaitable[None]]) -> None:
-        self._db = db
+    def __init__(self, backend: Any, hook: Callable[[], Awaitable[None]]) -> None:
+        self._backend = backend
         self._hook: Callable[[], Awaitable[None]] | None = hook
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._db, name)
+        return getattr(self._backend, name)
 
-    async def execute(self, sql: str, parameters: Any = None) -> aiosqlite.Cursor:
-        if sql.startswith("BEGIN") and self._hook is not None:
+    async def delete_idle_batch(self, cutoff: float, batch_size: int) -> int:
+        if self._hook is not None:
             hook, self._hook = self._hook, None
             await hook()
-        return await self._db.execute(sql, parameters)
+        return int(await self._backend.delete_idle_batch(cutoff, batch_size))
 
 
-class RacingManager(SessionManager):
-    """A manager whose cleanup is overtaken by a write after it has selected a batch."""
-
-    hook: Callable[[], Awaitable[None]]
-    _wrapped: _WriteBeforeBegin | None = None
-
-    async def _connection(self) -> aiosqlite.Connection:  # private hook of SessionManager
-        db = await super()._connection()
-        if self._wrapped is None:  # one wrapper: its hook fires before the first BEGIN only
-            self._wrapped = _WriteBeforeBegin(db, self.hook)
-        return self._wrapped  # type: ignore[return-value]
-
-
-async def test_session_written_after_selection_is_kept_whole(
+async def test_session_written_while_cleanup_runs_is_kept_whole(
     db_path: Path, clock: FakeClock
 ) -> None:
+    # Each batch selects and deletes in one write transaction: a session written to after
+    # cleanup started, but before its batch, is no longer idle and stays whole.
     ids = []
     for n in range(5):
         ids.append(await write(db_path, f"s{n}", [user("q"), assistant("a"), user("q2")], clock))
@@ -287,16 +277,16 @@ async def test_session_written_after_selection_is_kept_whole(
 
     async def write_to_target() -> None:
         cutoff = clock.now.timestamp() - 7 * 86400
-        selected.append([row[0] for row in query(db_path, storage.SELECT_IDLE_BATCH, (cutoff, 2))])
+        selected.append([row[0] for row in query(db_path, sql.SELECT_IDLE_BATCH, (cutoff, 2))])
         await write(db_path, "s0", [user("late reply")], clock)
 
-    manager = RacingManager(
+    manager = SessionManager(
         db_path, max_messages=1000, retention_days=7, clock=clock, cleanup_batch_size=2
     )
-    manager.hook = write_to_target
+    manager._backend = RacingBackend(manager._backend, write_to_target)  # private seam
     async with manager:
         deleted = await manager.cleanup_inactive_sessions()
-    assert selected == [ids[:2]], "the write did not land between selection and deletion"
+    assert selected == [ids[:2]], "the write did not land after cleanup started"
     assert deleted == 4
     assert session_ids(db_path) == {target}
     assert rows_per_session(db_path) == {target: 4}, "the written session lost rows"
@@ -375,13 +365,13 @@ async def test_idle_batch_query_uses_the_last_activity_index(
         clock.advance(hours=1)
     with closing(sqlite3.connect(db_path)) as conn:
         plan = conn.execute(
-            f"EXPLAIN QUERY PLAN {storage.SELECT_IDLE_BATCH}", (clock.now.timestamp(), 10)
+            f"EXPLAIN QUERY PLAN {sql.SELECT_IDLE_BATCH}", (clock.now.timestamp(), 10)
         ).fetchall()
         count_plan = conn.execute(
-            f"EXPLAIN QUERY PLAN {storage.COUNT_IDLE_SESSIONS}", (clock.now.timestamp(),)
+            f"EXPLAIN QUERY PLAN {sql.COUNT_IDLE_SESSIONS}", (clock.now.timestamp(),)
         ).fetchall()
         list_plan = conn.execute(
-            f"EXPLAIN QUERY PLAN {storage.LIST_IDLE_SESSIONS}", (clock.now.timestamp(), -1)
+            f"EXPLAIN QUERY PLAN {sql.LIST_IDLE_SESSIONS}", (clock.now.timestamp(), -1)
         ).fetchall()
     details = [row[3] for row in plan]
     assert any("idx_agent_sessions_last_activity" in d for d in details), details

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from agent_sessions import AgentSession, get_session_id, storage
+from agent_sessions import AgentSession, get_session_id
+from agent_sessions.backends.sqlite import schema
 from agent_sessions.cli import main
 from agent_sessions.clock import utc_now
 from agent_sessions.ids import MAX_COUNT
@@ -230,7 +231,7 @@ def test_list_text_and_json_print_the_same_timestamps(populated: Path) -> None:
 
 
 def test_list_empty_database(db_path: Path) -> None:
-    storage.connect(db_path).close()  # an empty database (the CLI does not create one)
+    schema.connect(db_path).close()  # an empty database (the CLI does not create one)
     assert run("--db", db_path, "list") == (0, "no sessions\n")
     code, output = run("--db", db_path, "list", "--json")
     assert code == 0

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent_sessions import AgentSession, AgentSessionsError, InvalidIdentifierError
-from agent_sessions.ids import MAX_ID_LENGTH, get_session_id, legacy_owner, parse_session_id
+from agent_sessions.ids import MAX_ID_LENGTH, get_session_id, legacy_owner
 
 Ident = str | uuid.UUID
 
@@ -34,6 +34,26 @@ identifiers = st.one_of(
     st.uuids().map(str),
 )
 pairs = st.tuples(identifiers, identifiers)
+
+
+_DERIVED = re.compile(r"user_([A-Za-z0-9.@+%-]+)_conv_([A-Za-z0-9.@+%-]+)")
+
+
+def parse_session_id(session_id: str) -> tuple[str, str] | None:
+    """The test's own decoder: the pair an id came from, to prove ids are injective.
+
+    Ids made by ``get_session_id`` parse back to their pair; hand-built ones are read
+    literally when only one split is possible (``legacy_owner``).
+    """
+    derived = _DERIVED.fullmatch(session_id)
+    if derived is not None:
+        user, conversation = unquote(derived[1]), unquote(derived[2])
+        try:
+            if get_session_id(user, conversation) == session_id:
+                return user, conversation
+        except InvalidIdentifierError:
+            pass
+    return legacy_owner(session_id)
 
 
 def is_valid(value: Ident) -> bool:

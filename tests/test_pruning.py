@@ -34,7 +34,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent_sessions import AgentSession, pruning, storage
+from agent_sessions import AgentSession, pruning
+from agent_sessions.backends.sqlite import connection, schema, sql
 
 Item = dict[str, Any]
 Entry = Item | None
@@ -364,8 +365,10 @@ def test_is_safe_start_matches_the_reference(items: list[Entry]) -> None:
     # In the library's sense a start is also only safe if it is an index into items.
     for start in range(-1, len(items) + 1):
         expected = 0 <= start < len(items) and reference_safe_start(items, start)
-        assert pruning.is_safe_start(items, start) == expected, (
-            f"start={start}: is_safe_start={not expected}, reference={expected}, items={items}"
+        # Private: the safety predicate behind rule 3 of cut_index.
+        safe = 0 <= start < len(items) and not pruning._unsafe_starts(items)[start]
+        assert safe == expected, (
+            f"start={start}: safe={not expected}, reference={expected}, items={items}"
         )
 
 
@@ -406,7 +409,7 @@ def test_invariants_checked_without_the_reference(items: list[Entry]) -> None:
         assert pruning.cut_index(kept, n) == 0, f"n={n}: a second prune cut the kept part again"
 
 
-# --- storage.prune against cut_index on a real file ---------------------------------------
+# --- sql.prune against cut_index on a real file ---------------------------------------
 
 CORRUPT_TEXTS = ("{not json", "42", "[1, 2]", "null", '"just text"', "")
 _session_numbers = itertools.count()
@@ -414,13 +417,13 @@ _session_numbers = itertools.count()
 
 @pytest.fixture(scope="module")
 def conn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sqlite3.Connection]:
-    connection = storage.connect(tmp_path_factory.mktemp("prune") / "sessions.db")
+    connection = schema.connect(tmp_path_factory.mktemp("prune") / "sessions.db")
     yield connection
     connection.close()
 
 
 def stored_texts(connection: sqlite3.Connection, session_id: str) -> list[str]:
-    rows = connection.execute(storage.SELECT_ALL_ROWS, (session_id,))
+    rows = connection.execute(sql.SELECT_ALL_ROWS, (session_id,))
     return [data.decode() if isinstance(data, bytes) else data for _, data in rows]
 
 
@@ -438,21 +441,21 @@ def test_storage_prune_keeps_exactly_the_cut_index_suffix(
     neighbour_every = data.draw(st.integers(0, 3), label="neighbour row every")
     session_id = f"user_prop_conv_{next(_session_numbers)}"
     neighbour = f"{session_id}-neighbour"
-    with storage.write_transaction(conn):
+    with connection.write_transaction(conn):
         for sid in (session_id, neighbour):
-            conn.execute(storage.UPSERT_SESSION, (sid, None, None, 1.0, 1.0))
+            conn.execute(sql.UPSERT_SESSION, (sid, None, None, 1.0, 1.0))
         for position, payload in enumerate(payloads):
-            conn.execute(storage.INSERT_ROW, (session_id, payload))
+            conn.execute(sql.INSERT_ROW, (session_id, payload))
             if neighbour_every and position % neighbour_every == 0:
-                conn.execute(storage.INSERT_ROW, (neighbour, json.dumps(assistant(str(position)))))
+                conn.execute(sql.INSERT_ROW, (neighbour, json.dumps(assistant(str(position)))))
         # The state add_items keeps: known to hold no late answer (prune may take its fast
         # path), or not known.
-        known_none = storage.LATE_CALL_NONE if not answered_after_user(items) else None
-        conn.execute(storage.SET_LATE_CALL_ROW, (known_none, session_id))
+        known_none = sql.LATE_CALL_NONE if not answered_after_user(items) else None
+        conn.execute(sql.SET_LATE_CALL_ROW, (known_none, session_id))
     neighbour_before = stored_texts(conn, neighbour)
 
-    with storage.write_transaction(conn):
-        deleted = storage.prune(conn, session_id, n)
+    with connection.write_transaction(conn):
+        deleted = sql.prune(conn, session_id, n)
 
     cut = pruning.cut_index(items, n)
     survivors = stored_texts(conn, session_id)
@@ -510,7 +513,7 @@ def reference_append(stored: list[Entry], batch: list[Item], n: int) -> list[Ent
 def test_add_items_keeps_what_the_reference_keeps_batch_by_batch(
     tmp_path_factory: pytest.TempPathFactory, batches: list[list[object]], n: int
 ) -> None:
-    # The fast path of storage.prune (cut at the first user message in the window) is only
+    # The fast path of sql.prune (cut at the first user message in the window) is only
     # valid while no call is answered after a later user message; batches here put user
     # messages between calls and outputs, within one batch and across batches.
     db_path = tmp_path_factory.getbasetemp() / "batches.db"
@@ -689,12 +692,12 @@ def test_duplicated_tool_output_is_never_kept_without_its_call() -> None:
 
 def test_storage_prune_on_a_fresh_file_matches_the_examples(tmp_path: Path) -> None:
     items: list[Entry] = [assistant("a"), reasoning(), call("c1"), output("c1"), assistant("b")]
-    connection = storage.connect(tmp_path / "one.db")
+    conn = schema.connect(tmp_path / "one.db")
     try:
-        with storage.write_transaction(connection):
-            connection.executemany(storage.INSERT_ROW, [("s", json.dumps(item)) for item in items])
-        with storage.write_transaction(connection):
-            assert storage.prune(connection, "s", 3) == 4
-        assert stored_texts(connection, "s") == [json.dumps(assistant("b"))]
+        with connection.write_transaction(conn):
+            conn.executemany(sql.INSERT_ROW, [("s", json.dumps(item)) for item in items])
+        with connection.write_transaction(conn):
+            assert sql.prune(conn, "s", 3) == 4
+        assert stored_texts(conn, "s") == [json.dumps(assistant("b"))]
     finally:
-        connection.close()
+        conn.close()

@@ -25,8 +25,8 @@ from agent_sessions import (
     SessionStats,
     StorageUnavailableError,
     get_agent_session,
-    storage,
 )
+from agent_sessions.backends.sqlite import sql
 from tests.conftest import FakeClock
 from tests.items import assistant, user
 
@@ -332,9 +332,10 @@ async def test_cancelled_while_waiting_for_the_lock_writes_nothing(db_path: Path
 async def test_lock_held_past_the_busy_timeout_is_a_clear_error(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from agent_sessions import StorageBusyError, storage
+    from agent_sessions import StorageBusyError
+    from agent_sessions.backends.sqlite import connection
 
-    monkeypatch.setattr(storage, "BUSY_TIMEOUT_MS", 100)
+    monkeypatch.setattr(connection, "BUSY_TIMEOUT_MS", 100)
     with AgentSession("u", "c", db_path=db_path) as session:
         blocker = sqlite3.connect(db_path, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")
@@ -494,10 +495,10 @@ async def test_a_late_answered_call_is_never_cut_from_its_output(db_path: Path) 
             output,
             assistant("a0"),
         ]
-        assert late_call_row() not in (None, storage.LATE_CALL_NONE)
+        assert late_call_row() not in (None, sql.LATE_CALL_NONE)
         await session.add_items([user("q3"), assistant("a3")])
         assert await session.get_items() == [user("q3"), assistant("a3")]
-        assert late_call_row() == storage.LATE_CALL_NONE  # the pair is gone: fast path again
+        assert late_call_row() == sql.LATE_CALL_NONE  # the pair is gone: fast path again
 
 
 async def test_a_whole_turn_in_one_batch_keeps_the_fast_prune(db_path: Path) -> None:
@@ -511,7 +512,7 @@ async def test_a_whole_turn_in_one_batch_keeps_the_fast_prune(db_path: Path) -> 
         assert await session.get_items() == [user("q2"), call, output, assistant("a2")]
     with closing(sqlite3.connect(db_path)) as conn:
         state = conn.execute("SELECT late_call_row FROM agent_sessions").fetchone()
-    assert state == (storage.LATE_CALL_NONE,)
+    assert state == (sql.LATE_CALL_NONE,)
 
 
 async def test_a_clock_returning_a_naive_datetime_is_a_clear_error(db_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_sessions import storage
+from agent_sessions.backends.sqlite import connection, schema
 from agent_sessions.errors import (
     CorruptDatabaseError,
     StorageBusyError,
@@ -27,11 +27,11 @@ def test_failed_commit_rolls_back_and_leaves_no_transaction(tmp_path: Path) -> N
             "DEFERRABLE INITIALLY DEFERRED)"
         )
         # A deferred constraint fails at COMMIT, like a full disk or an I/O error can.
-        with pytest.raises(sqlite3.IntegrityError), storage.write_transaction(conn):
+        with pytest.raises(sqlite3.IntegrityError), connection.write_transaction(conn):
             conn.execute("INSERT INTO child VALUES (42)")
         assert not conn.in_transaction
         assert conn.execute("SELECT COUNT(*) FROM child").fetchone() == (0,)
-        with storage.write_transaction(conn):  # the connection is usable again
+        with connection.write_transaction(conn):  # the connection is usable again
             conn.execute("INSERT INTO parent VALUES (1)")
     finally:
         conn.close()
@@ -43,7 +43,7 @@ def test_write_transaction_does_not_inherit_an_open_transaction(tmp_path: Path) 
         conn.execute("CREATE TABLE t (v INTEGER)")
         conn.execute("BEGIN")
         conn.execute("INSERT INTO t VALUES (1)")  # left behind by some earlier failure
-        with storage.write_transaction(conn):
+        with connection.write_transaction(conn):
             conn.execute("INSERT INTO t VALUES (2)")
         assert conn.execute("SELECT v FROM t").fetchall() == [(2,)]
     finally:
@@ -52,11 +52,11 @@ def test_write_transaction_does_not_inherit_an_open_transaction(tmp_path: Path) 
 
 def test_connect_migrates_once_and_switches_to_wal(tmp_path: Path) -> None:
     path = tmp_path / "x.db"
-    first = storage.connect(path)
+    first = schema.connect(path)
     try:
         assert first.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert storage.schema_version(first) == storage.LATEST_VERSION
-        assert storage.migrate(first) == 0
+        assert schema.schema_version(first) == schema.LATEST_VERSION
+        assert schema.migrate(first) == 0
     finally:
         first.close()
 
@@ -83,7 +83,7 @@ def _driver_error(text: str, code: int, name: str) -> sqlite3.OperationalError:
 def test_driver_errors_map_to_the_storage_error_tree(
     exc: sqlite3.OperationalError, expected: type[StorageError]
 ) -> None:
-    error = storage.translate_error(exc, "/data/app.db")
+    error = connection.translate_error(exc, "/data/app.db")
     assert type(error) is expected
     assert error.path == "/data/app.db"
     assert "'/data/app.db'" in str(error)

@@ -73,6 +73,11 @@ class Backend(Protocol):
         """Release what this object holds; idempotent."""
         ...
 
+    @property
+    def holds_resources(self) -> bool:
+        """Whether ``close()`` has something to release (left unclosed, it leaks)."""
+        ...
+
     # --- one session ---
 
     async def read_items(self, session_id: str, limit: int | None) -> DecodedRows:

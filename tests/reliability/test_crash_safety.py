@@ -37,7 +37,7 @@ from agents import Agent, Runner
 from agents.testing import ScriptedModel, assistant_message
 
 from agent_sessions import AgentSession, get_session_id
-from agent_sessions.engine import close_idle_connections
+from agent_sessions.backends.sqlite.engine import close_idle_connections
 from tests.reliability.tagged import Item, bounded, tag_of, tool_batch, user
 
 USER = "crash"

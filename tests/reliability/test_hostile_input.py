@@ -594,7 +594,7 @@ def _payloads(tmp_path: Path, prop: settings) -> None:
     @example(batch=[nested(MAX_ITEM_DEPTH, "list")], with_prefix=False)
     @example(batch=[{"a": (1, 2)}, ["not", "a", "dict"]], with_prefix=True)
     def property_(batch: list[Any], with_prefix: bool) -> None:
-        # An output whose call is not stored is dropped on purpose (see storage.append_items);
+        # An output whose call is not stored is dropped on purpose (see sql.append_items);
         # that is pruning policy, not payload handling, so such items are not generated.
         for item in batch:
             half = pairing(item) if isinstance(item, dict) else None

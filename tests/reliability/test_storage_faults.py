@@ -47,8 +47,8 @@ from agent_sessions import (
     StorageError,
     StorageFullError,
 )
+from agent_sessions.backends.sqlite.engine import close_idle_connections
 from agent_sessions.cli import main as cli_main
-from agent_sessions.engine import close_idle_connections
 from tests.conftest import FakeClock
 from tests.items import assistant, call, output, user
 
@@ -126,12 +126,13 @@ def sha256(path: Path) -> str:
 def session_connection(session: AgentSession) -> sqlite3.Connection:
     """The ``sqlite3`` connection ``session`` runs its SQL on in this thread.
 
-    Relies on private internals of ``agent_sessions``: ``AgentSession._open_engine()`` and the
-    engine's ``conn`` attribute (``agent_sessions/engine.py``). The page-limit simulation of a
-    full disk needs the very connection the library writes with; if those internals change,
-    this helper fails loudly rather than the tests passing vacuously.
+    Relies on private internals of ``agent_sessions``: ``AgentSession._backend``, the SQLite
+    backend's ``_engine()`` and the engine's ``conn`` attribute
+    (``agent_sessions/backends/sqlite/``). The page-limit simulation of a full disk needs the
+    very connection the library writes with; if those internals change, this helper fails
+    loudly rather than the tests passing vacuously.
     """
-    return session._open_engine().conn
+    return session._backend._engine().conn
 
 
 def agent_sessions_script() -> str:
@@ -242,12 +243,12 @@ class FullDisk:
             conn.execute(f"PRAGMA max_page_count = {int(pages)}")
             self._limited.append((conn, int(previous)))
         if manager is not None:
-            # SessionManager._db is its private aiosqlite connection (opened by open()).
-            db = manager._db
-            assert db is not None, "open the manager before filling the disk"
-            ((previous,),) = await db.execute_fetchall("PRAGMA max_page_count")
-            ((pages,),) = await db.execute_fetchall("PRAGMA page_count")
-            await db.execute_fetchall(f"PRAGMA max_page_count = {int(pages)}")
+            # Private: the SQLite backend's _run executes on the manager's own connection
+            # (that of its worker thread).
+            run = manager._backend._run  # type: ignore[attr-defined]
+            (previous,) = await run(lambda conn: conn.execute("PRAGMA max_page_count").fetchone())
+            (pages,) = await run(lambda conn: conn.execute("PRAGMA page_count").fetchone())
+            await run(lambda conn: conn.execute(f"PRAGMA max_page_count = {int(pages)}"))
             self._limited.append((manager, int(previous)))
         return f"max_page_count pinned at the current size on {len(self._limited)} connection(s)"
 
@@ -272,8 +273,9 @@ class FullDisk:
             return
         for target, previous in self._limited:
             if isinstance(target, SessionManager):
-                assert target._db is not None
-                await target._db.execute_fetchall(f"PRAGMA max_page_count = {previous}")
+                await target._backend._run(  # type: ignore[attr-defined]
+                    lambda conn: conn.execute(f"PRAGMA max_page_count = {previous}")  # noqa: B023
+                )
             else:
                 target.execute(f"PRAGMA max_page_count = {previous}")
         self._limited.clear()

@@ -1,10 +1,12 @@
-"""Connections for ``AgentSession``: one per database file and thread, used inline.
+"""Connections of the SQLite backend: one per database file and thread.
 
 Every session object on a file shares one ``sqlite3`` connection per thread, opened,
 configured and migrated once, so opening a session per request costs a dictionary lookup.
-Statements run directly in the event loop's thread: a SQLite read or a WAL commit with
-``synchronous=NORMAL`` takes microseconds, far less than a hop to a worker thread. What can
-take long is kept off the loop:
+Session statements run directly in the event loop's thread (``Engine.read``/``write``): a
+SQLite read or a WAL commit with ``synchronous=NORMAL`` takes microseconds, far less than a
+hop to a worker thread. The manager's longer operations run in worker threads instead
+(``Engine.run_blocking``), each on that thread's own connection. What can take long is kept
+off the loop:
 
 * waiting for another connection's write lock: the connection's busy timeout is 0, so a
   locked database fails at once and the operation is retried after an ``asyncio.sleep``
@@ -31,7 +33,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TypeVar
 
-from . import storage
+from . import connection, schema
 
 logger = logging.getLogger("agent_sessions")
 
@@ -64,28 +66,26 @@ def _is_busy(exc: sqlite3.Error) -> bool:
 class Engine:
     """One configured, migrated connection to a database, for use from one thread."""
 
-    def __init__(self, path: str, key: _Key | None = None) -> None:
+    def __init__(self, path: str, key: _Key | None = None, *, create: bool = True) -> None:
         self.path = path
         self.key = key
         self.memory = path == ":memory:"
         self.closed = False
         self._commits = 0
         self._checkpoint: asyncio.Future[None] | None = None
-        with storage.translate_errors(path):
+        with connection.translate_errors(path):
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             try:
-                storage.configure_connection(conn)  # long busy timeout for the set-up
-                storage.migrate(conn)  # first: a file we refuse is left as it was, not WAL
-                if not self.memory:
-                    storage.enable_wal(conn)
+                connection.configure_connection(conn)  # long busy timeout for the set-up
+                schema.prepare(conn, path, create=create)
                 conn.execute("PRAGMA busy_timeout = 0")
                 if not self.memory:
-                    conn.execute(storage.DISABLE_AUTOCHECKPOINT)
+                    conn.execute(connection.DISABLE_AUTOCHECKPOINT)
             except BaseException:
                 conn.close()
                 raise
         self.conn = conn
-        self.identity = storage.FileIdentity.of(path)
+        self.identity = connection.FileIdentity.of(path)
 
     def is_stale(self) -> bool:
         """Whether the file this engine opened was deleted or replaced since."""
@@ -104,21 +104,46 @@ class Engine:
         return result
 
     async def _run(self, operation: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
-        deadline = time.monotonic() + storage.BUSY_TIMEOUT_MS / 1000
+        deadline = time.monotonic() + connection.BUSY_TIMEOUT_MS / 1000
         delay = _FIRST_RETRY_DELAY
         while True:
             try:
                 if not write:
                     return operation(self.conn)
-                with storage.write_transaction(self.conn):
+                with connection.write_transaction(self.conn):
                     return operation(self.conn)
             except sqlite3.Error as exc:
                 if not _is_busy(exc) or time.monotonic() >= deadline:
-                    raise storage.translate_error(exc, self.path) from exc
+                    raise connection.translate_error(exc, self.path) from exc
             await asyncio.sleep(delay)
             delay = min(delay * 2, _MAX_RETRY_DELAY)
             if self.closed:  # evicted while this call waited: the caller reopens and retries
                 raise EngineClosed(self.path)
+
+    def run_blocking(self, operation: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
+        """Run ``operation`` (in one transaction with ``write``) from a worker thread.
+
+        Waits for another connection's write lock by sleeping in this thread, never in the
+        event loop, for up to ``BUSY_TIMEOUT_MS``.
+        """
+        deadline = time.monotonic() + connection.BUSY_TIMEOUT_MS / 1000
+        delay = _FIRST_RETRY_DELAY
+        while True:
+            try:
+                if not write:
+                    return operation(self.conn)
+                with connection.write_transaction(self.conn):
+                    return operation(self.conn)
+            except sqlite3.Error as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise connection.translate_error(exc, self.path) from exc
+            time.sleep(delay)
+            delay = min(delay * 2, _MAX_RETRY_DELAY)
+
+    def checkpoint(self) -> None:
+        """Write the WAL back into the database without waiting for readers or writers."""
+        with connection.translate_errors(self.path):
+            self.conn.execute(connection.CHECKPOINT_PASSIVE)
 
     def _start_checkpoint(self) -> None:
         if self.memory or (self._checkpoint is not None and not self._checkpoint.done()):
@@ -139,7 +164,7 @@ def _checkpoint(path: str) -> None:
     try:
         conn = sqlite3.connect(path, check_same_thread=False)
         try:
-            conn.execute(storage.CHECKPOINT_PASSIVE)
+            conn.execute(connection.CHECKPOINT_PASSIVE)
         finally:
             conn.close()
     except sqlite3.Error as exc:
@@ -158,11 +183,12 @@ class _Registry:
         self._lock = threading.Lock()
         self._engines: OrderedDict[_Key, Engine] = OrderedDict()
 
-    def get(self, path: str, *, reopen_if_replaced: bool = False) -> Engine:
+    def get(self, path: str, *, reopen_if_replaced: bool = False, create: bool = True) -> Engine:
         """The engine for ``path`` in this process and thread, opened on first use.
 
         With ``reopen_if_replaced`` (when a session is opened, not on every call), a cached
-        engine whose file was deleted or replaced is closed and the path opened afresh.
+        engine whose file was deleted or replaced is closed and the path opened afresh. With
+        ``create=False``, a database without session tables is refused when opened.
 
         Raises:
             StorageError: (a subclass) naming the path if it cannot be opened.
@@ -180,7 +206,7 @@ class _Registry:
             logger.warning("database %s was deleted or replaced; opening it again", path)
             engine.close()
         # Outside the lock: opening may wait on another process's migration.
-        engine = Engine(storage.prepare_path(path), key)
+        engine = Engine(connection.prepare_path(path), key, create=create)
         evicted: list[Engine] = []
         with self._lock:
             existing = self._engines.get(key)

@@ -1,0 +1,257 @@
+"""``SQLiteBackend``: one SQLite file (or a private in-memory database) as a ``Backend``."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from ...codec import DecodedRows
+from ...errors import InvalidIdentifierError, StorageUnavailableError
+from ...ids import legacy_owner
+from ...models import SessionStats
+from ...pruning import Item
+from ..base import Owner, SessionKey, Totals
+from . import schema, sql
+from .connection import CHECKPOINT_PASSIVE, database_path, translate_errors
+from .engine import Engine, EngineClosed, registry
+
+T = TypeVar("T")
+
+CHECKPOINT_EVERY_CLEANUP_BATCHES = 50
+"""Cleanup batches between two WAL checkpoints (cleanup writes a lot; writers never wait)."""
+
+
+class SQLiteBackend:
+    """A SQLite database: statements run inline for sessions, in a worker thread for the manager.
+
+    Connections are shared per file and thread (see ``engine``), so making a backend costs
+    nothing; ``":memory:"`` is a private database of this object, as in the SDK. With
+    ``offload``, operations run one at a time in a thread of this object's own, on that
+    thread's connection; ``close()`` ends the thread.
+    """
+
+    def __init__(self, db_path: object, *, create: bool = True, offload: bool = False) -> None:
+        """Resolve the path; nothing is opened yet (``":memory:"`` excepted).
+
+        Args:
+            db_path: The database file; ``~`` is expanded and a relative path made absolute
+                now, so a later ``chdir`` does not split one database into two.
+            create: Create the file and its tables if needed; with ``False`` a missing file,
+                or one without session tables, raises ``StorageUnavailableError`` unchanged.
+            offload: Run every operation in a worker thread of its own rather than in the
+                event loop's thread: for the manager's longer operations (listing, stats,
+                cleanup).
+
+        Raises:
+            InvalidArgumentError: if ``db_path`` is not a path.
+        """
+        self.path = database_path(db_path)
+        self._create = create
+        self._executor: ThreadPoolExecutor | None = None
+        self._offload = offload
+        self._memory = Engine(":memory:") if self.path == ":memory:" else None
+        self._cleanup_batches = 0
+
+    @property
+    def location(self) -> str:
+        """The database file's absolute path (or ``":memory:"``)."""
+        return self.path
+
+    def _engine(self, *, reopen_if_replaced: bool = False) -> Engine:
+        if self._memory is not None:
+            return self._memory
+        if not self._create and not os.path.exists(self.path):
+            raise StorageUnavailableError(f"no database at {self.path!r}", path=self.path)
+        return registry.get(self.path, reopen_if_replaced=reopen_if_replaced, create=self._create)
+
+    async def _run(self, operation: Callable[[sqlite3.Connection], T], *, write: bool = False) -> T:
+        if self._offload:
+            return await self._in_worker(functools.partial(self._run_blocking, operation, write))
+        while True:
+            engine = self._engine()
+            try:
+                return await (engine.write(operation) if write else engine.read(operation))
+            except EngineClosed:  # evicted while the call waited for the lock: look up again
+                continue
+
+    async def _in_worker(self, call: Callable[[], T]) -> T:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="agent-sessions-sqlite")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    def _run_blocking(self, operation: Callable[[sqlite3.Connection], T], write: bool) -> T:
+        # In a worker thread: its own connection, checked against a replaced file per call
+        # (a long-lived manager, the daemon's, must not go on with a file nobody uses).
+        return self._engine(reopen_if_replaced=True).run_blocking(operation, write=write)
+
+    # --- lifecycle ---
+
+    async def open(self) -> None:
+        """Create or migrate the database now (in a worker thread: it may wait on a migration).
+
+        Raises:
+            StorageError: (a subclass) naming the path if it cannot be opened.
+        """
+        if self._memory is None:
+            await self._in_worker(self._open_blocking)
+
+    def _open_blocking(self) -> None:
+        # The schema is checked on every open, not only when a connection is made: another
+        # process may have migrated the file since this thread's connection was opened.
+        engine = self._engine(reopen_if_replaced=True)
+        with translate_errors(self.path):
+            schema.migrate(engine.conn)
+
+    def open_session(self, user_id: str, conversation_id: str, session_id: str) -> str:
+        """Open the file for a session and return the id its history is stored under.
+
+        Synchronous: ``AgentSession`` calls it from its constructor, so a bad path fails
+        there, naming it. Usually ``session_id`` itself; in a database adopted from a plain
+        ``SQLiteSession``, the pair's hand-built ``user_{user}_conv_{conversation}`` id
+        where that holds its history.
+
+        Raises:
+            InvalidIdentifierError: if ``session_id`` belongs to another pair here.
+            StorageError: (a subclass) naming the path if it cannot be opened.
+        """
+        engine = self._engine(reopen_if_replaced=True)
+        # Only ids with a percent-escape need a look at the file. Such an id may also be the
+        # hand-built id of another pair in an adopted SQLiteSession database (user_a%5Fb_conv_c
+        # of user "a%5Fb"), whose history this pair must not see; and this pair's own
+        # hand-built id (user_a_b_conv_c) may hold its history.
+        if "%" not in session_id:
+            return session_id
+        mine = (user_id, conversation_id)
+        unclaimed = (None, None)  # e.g. a row a plain SQLiteSession created on this file
+        with translate_errors(self.path):
+            owner = sql.session_owner(engine.conn, session_id)
+            if owner == mine:
+                return session_id
+            legacy = f"user_{user_id}_conv_{conversation_id}"
+            if legacy_owner(legacy) == mine and sql.session_owner(engine.conn, legacy) in (
+                mine,
+                unclaimed,
+            ):
+                return legacy
+        if owner not in (None, unclaimed):
+            raise InvalidIdentifierError(
+                f"session id {session_id!r} of user {user_id!r}, conversation "
+                f"{conversation_id!r} belongs in {self.path!r} to user {owner[0]!r}, "
+                f"conversation {owner[1]!r} (a hand-built id adopted from a plain "
+                "SQLiteSession database); it is not opened for this pair"
+            )
+        return session_id
+
+    async def close(self) -> None:
+        """End the worker thread and discard an in-memory database; idempotent.
+
+        File connections stay shared for the next user (see ``engine``).
+        """
+        self.close_now()
+
+    def close_now(self) -> None:
+        """``close``, for synchronous callers."""
+        memory, self._memory = self._memory, None
+        if memory is not None:
+            memory.close()
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            # Not waiting: a call orphaned by a closed event loop may still be finishing its
+            # transaction there; the thread ends after it.
+            executor.shutdown(wait=False)
+
+    @property
+    def holds_resources(self) -> bool:
+        """Whether ``close()`` has something to release (a worker thread)."""
+        return self._executor is not None
+
+    # --- one session ---
+
+    async def read_items(self, session_id: str, limit: int | None) -> DecodedRows:
+        """See ``Backend.read_items``."""
+        return await self._run(lambda conn: sql.read_items(conn, session_id, limit))
+
+    async def stored_items(self, session_id: str) -> DecodedRows | None:
+        """See ``Backend.stored_items``."""
+        return await self._run(lambda conn: sql.stored_items(conn, session_id))
+
+    async def append_items(
+        self,
+        key: SessionKey,
+        items: Sequence[Item],
+        payloads: Sequence[str],
+        now: float,
+        max_items: int,
+    ) -> int:
+        """See ``Backend.append_items``."""
+        return await self._run(
+            lambda conn: sql.append_items(conn, key, items, payloads, now, max_items), write=True
+        )
+
+    async def pop_item(self, session_id: str, now: float) -> Item | None:
+        """See ``Backend.pop_item``."""
+        return await self._run(lambda conn: sql.pop_newest(conn, session_id, now), write=True)
+
+    async def delete_session(self, session_id: str) -> int | None:
+        """See ``Backend.delete_session``."""
+        return await self._run(lambda conn: sql.delete_session(conn, session_id), write=True)
+
+    async def session_owner(self, session_id: str) -> Owner | None:
+        """See ``Backend.session_owner``."""
+        return await self._run(lambda conn: sql.session_owner(conn, session_id))
+
+    async def prune_session(self, session_id: str, max_items: int) -> int | None:
+        """See ``Backend.prune_session``."""
+        return await self._run(
+            lambda conn: sql.prune_session(conn, session_id, max_items), write=True
+        )
+
+    # --- many sessions ---
+
+    async def session_stats(self, session_id: str) -> SessionStats | None:
+        """See ``Backend.session_stats``."""
+        return await self._run(lambda conn: sql.session_stats(conn, session_id))
+
+    async def list_sessions(
+        self, user_id: str | None, limit: int, offset: int
+    ) -> list[SessionStats]:
+        """See ``Backend.list_sessions``."""
+        return await self._run(lambda conn: sql.list_sessions(conn, user_id, limit, offset))
+
+    async def list_idle_sessions(self, cutoff: float, limit: int | None) -> list[SessionStats]:
+        """See ``Backend.list_idle_sessions``."""
+        return await self._run(lambda conn: sql.list_idle_sessions(conn, cutoff, limit))
+
+    async def session_ids(self) -> list[str]:
+        """See ``Backend.session_ids``."""
+        return await self._run(sql.session_ids)
+
+    async def totals(self, active_since: float) -> Totals:
+        """See ``Backend.totals``."""
+        return await self._run(lambda conn: sql.totals(conn, active_since))
+
+    async def count_idle_sessions(self, cutoff: float) -> int:
+        """See ``Backend.count_idle_sessions``."""
+        return await self._run(lambda conn: sql.count_idle_sessions(conn, cutoff))
+
+    async def delete_idle_batch(self, cutoff: float, batch_size: int) -> int:
+        """See ``Backend.delete_idle_batch``; checkpoints the WAL every so many batches."""
+        deleted = await self._run(
+            lambda conn: sql.delete_idle_batch(conn, cutoff, batch_size), write=True
+        )
+        self._cleanup_batches += 1
+        if deleted and self._cleanup_batches % CHECKPOINT_EVERY_CLEANUP_BATCHES == 0:
+            await self.finish_cleanup()
+        return deleted
+
+    async def finish_cleanup(self) -> None:
+        """Checkpoint the WAL passively: it never blocks readers or writers."""
+        await self._run(lambda conn: conn.execute(CHECKPOINT_PASSIVE).close())
+
+    def __repr__(self) -> str:
+        return f"SQLiteBackend({self.path!r})"

@@ -1,0 +1,367 @@
+"""Every SQL statement the SQLite backend runs, and the synchronous operations built on them.
+
+Each operation takes a ``sqlite3.Connection`` and runs inside the caller's transaction; the
+backend decides where (the event loop's thread or a worker) and retries while locked.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ...clock import from_timestamp
+from ...codec import DecodedRows, decode_item, decode_rows
+from ...models import SessionStats
+from ...pruning import (
+    Item,
+    answers_late,
+    cut_index,
+    is_user_message,
+    late_call_index,
+    outputs_needing_stored_calls,
+    pairing,
+)
+from ..base import SessionKey, Totals
+from .schema import MESSAGES_TABLE, SESSIONS_TABLE
+
+logger = logging.getLogger("agent_sessions")
+
+# --- session reads and writes (synchronous, one connection) -------------------------------
+
+# message_data is read as bytes (CAST ... AS BLOB) and decoded here: a row that is not valid
+# UTF-8 (a flipped bit) must count as one corrupt row, not fail the fetch of the whole session.
+_DATA = "CAST(message_data AS BLOB)"
+SELECT_ALL_ROWS = f"SELECT id, {_DATA} FROM {MESSAGES_TABLE} WHERE session_id = ? ORDER BY id"
+SELECT_NEWEST_ROWS = (
+    f"SELECT id, {_DATA} FROM {MESSAGES_TABLE} WHERE session_id = ? ORDER BY id DESC LIMIT ?"
+)
+SELECT_ROWS_FROM_OFFSET = (
+    f"SELECT id, {_DATA} FROM {MESSAGES_TABLE} WHERE session_id = ? ORDER BY id LIMIT -1 OFFSET ?"
+)
+PRUNE_STATE = (
+    f"SELECT (SELECT COUNT(*) FROM {MESSAGES_TABLE} WHERE session_id = ?), "
+    f"(SELECT late_call_row FROM {SESSIONS_TABLE} WHERE session_id = ?)"
+)
+LATE_CALL_NONE = 0
+"""``late_call_row`` when the session is known to hold no call answered after a later user
+message: then the first user message in the kept window is always a valid cut. ``NULL`` means
+not known (a new or adopted session, one a plain SQLiteSession wrote to, or a write that may
+have stored such a pair); a row id names the oldest such call. Either way the next prune()
+that has something to cut decodes the whole session and sets it again."""
+SET_LATE_CALL_ROW = f"UPDATE {SESSIONS_TABLE} SET late_call_row = ? WHERE session_id = ?"
+FORGET_LATE_CALL_ROW = f"UPDATE {SESSIONS_TABLE} SET late_call_row = NULL WHERE session_id = ?"
+DELETE_ROWS_BEFORE = f"DELETE FROM {MESSAGES_TABLE} WHERE session_id = ? AND id < ?"
+DELETE_ROW = f"DELETE FROM {MESSAGES_TABLE} WHERE id = ?"
+DELETE_SESSION_ROWS = f"DELETE FROM {MESSAGES_TABLE} WHERE session_id = ?"
+DELETE_SESSION = f"DELETE FROM {SESSIONS_TABLE} WHERE session_id = ?"
+INSERT_ROW = f"INSERT INTO {MESSAGES_TABLE} (session_id, message_data) VALUES (?, ?)"
+UPSERT_SESSION = f"""
+    INSERT INTO {SESSIONS_TABLE}
+        (session_id, user_id, conversation_id, created_ts, last_activity_ts)
+    VALUES (?, ?, ?, ?, ?)
+    ON CONFLICT (session_id) DO UPDATE SET
+        last_activity_ts = max(coalesce(last_activity_ts, 0), excluded.last_activity_ts),
+        user_id = coalesce(user_id, excluded.user_id),
+        conversation_id = coalesce(conversation_id, excluded.conversation_id),
+        created_ts = coalesce(created_ts, excluded.created_ts)
+"""
+TOUCH_SESSION = (
+    f"UPDATE {SESSIONS_TABLE} SET last_activity_ts = max(coalesce(last_activity_ts, 0), ?) "
+    "WHERE session_id = ?"
+)
+
+
+def read_items(conn: sqlite3.Connection, session_id: str, limit: int | None) -> DecodedRows:
+    """Return a session's items in order, oldest first, with the SDK's ``limit`` semantics.
+
+    ``None`` or a negative limit reads everything, ``0`` reads nothing, ``n > 0`` reads the
+    newest ``n`` decodable items (the read window widens past corrupt rows).
+    """
+    if limit is None or limit < 0:
+        return decode_rows(conn.execute(SELECT_ALL_ROWS, (session_id,)))
+    if limit == 0:
+        return DecodedRows([], [])
+    window = limit
+    while True:
+        rows = conn.execute(SELECT_NEWEST_ROWS, (session_id, window)).fetchall()
+        decoded = decode_rows(reversed(rows))
+        if len(decoded.items) >= limit or len(rows) < window:
+            return DecodedRows(decoded.items[-limit:], decoded.corrupt_row_ids)
+        window *= 2
+
+
+def prune(conn: sqlite3.Connection, session_id: str, max_items: int) -> int:
+    """Delete the oldest items of a session down to ``max_items`` by the pruning rule.
+
+    Runs inside the caller's transaction. Usually it decodes only a few rows: the first user
+    message in the newest ``max_items`` rows is the cut. The whole session is decoded and
+    ``pruning.cut_index`` applied when there is no such message, or unless the session is
+    known to hold no call answered after a later user message (``LATE_CALL_NONE``): such a
+    user message may not be a valid cut.
+
+    Returns:
+        The number of rows deleted.
+    """
+    count, late_call_row = conn.execute(PRUNE_STATE, (session_id, session_id)).fetchone()
+    if count <= max_items:
+        return 0
+    cut_row_id: int | None = None
+    if late_call_row == LATE_CALL_NONE:
+        window = conn.execute(SELECT_ROWS_FROM_OFFSET, (session_id, count - max_items))
+        try:
+            for row_id, data in window:  # stepped lazily: usually only a few rows are read
+                if is_user_message(decode_item(data)):
+                    cut_row_id = row_id
+                    break
+        finally:
+            window.close()
+        if cut_row_id is not None:
+            return int(conn.execute(DELETE_ROWS_BEFORE, (session_id, cut_row_id)).rowcount)
+    rows = conn.execute(SELECT_ALL_ROWS, (session_id,)).fetchall()
+    items = [decode_item(data) for _, data in rows]
+    cut = cut_index(items, max_items)
+    late = late_call_index(items[cut:])
+    late_row = LATE_CALL_NONE if late is None else rows[cut + late][0]
+    conn.execute(SET_LATE_CALL_ROW, (late_row, session_id))
+    if cut == 0:
+        return 0
+    return int(conn.execute(DELETE_ROWS_BEFORE, (session_id, rows[cut][0])).rowcount)
+
+
+def append_items(
+    conn: sqlite3.Connection,
+    key: SessionKey,
+    items: Sequence[Item],
+    payloads: Sequence[str],
+    now: float,
+    max_items: int,
+) -> int:
+    """Record activity, insert encoded items and prune, inside the caller's transaction.
+
+    ``payloads[i]`` is the JSON text of ``items[i]``. A tool output or approval response
+    whose call is neither earlier in the batch nor stored is not inserted: that happens when
+    an approval is answered so late that pruning already removed its call, and storing it
+    would leave an output the model rejects. It is logged as a warning.
+
+    Returns:
+        The number of rows pruned.
+    """
+    conn.execute(UPSERT_SESSION, (key.session_id, key.user_id, key.conversation_id, now, now))
+    rows = list(zip(items, payloads, strict=True))
+    # A call answered after a later user message (in this batch, or stored and answered
+    # here) makes prune() check the whole session until the pair is pruned away.
+    stored_calls: dict[str, int] = {}
+    answered_after_stored_user = False
+    needing = outputs_needing_stored_calls(items)
+    if needing:
+        found = _find_stored_calls(conn, key.session_id, set(needing))
+        orphans = set(needing) - set(found.call_rows)
+        if orphans:
+            dropped = {position for call_key in orphans for position in needing[call_key]}
+            logger.warning(
+                "session %r: not storing %d output(s) whose call is no longer stored (%s); "
+                "the model would reject them",
+                key.session_id,
+                len(dropped),
+                ", ".join(sorted(orphans)),
+            )
+            rows = [row for position, row in enumerate(rows) if position not in dropped]
+        stored_calls, answered_after_stored_user = found.call_rows, found.answered_after_user
+    if answered_after_stored_user or answers_late(items, stored_calls):
+        conn.execute(FORGET_LATE_CALL_ROW, (key.session_id,))
+    conn.executemany(INSERT_ROW, [(key.session_id, payload) for _, payload in rows])
+    return prune(conn, key.session_id, max_items)
+
+
+@dataclass(frozen=True)
+class _StoredCalls:
+    call_rows: dict[str, int]
+    """Row id of the newest stored call for each key found."""
+    answered_after_user: bool
+    """Whether a stored user message follows one of those calls."""
+
+
+def _find_stored_calls(conn: sqlite3.Connection, session_id: str, keys: set[str]) -> _StoredCalls:
+    """Look up the stored calls of ``keys``, newest rows first, stopping once all are found."""
+    found: dict[str, int] = {}
+    late = False
+    user_after = False
+    cursor = conn.execute(SELECT_NEWEST_ROWS, (session_id, -1))
+    try:
+        for row_id, data in cursor:
+            item = decode_item(data)
+            if is_user_message(item):
+                user_after = True
+            half = pairing(item)
+            if half is not None and half[0] and half[1] in keys and half[1] not in found:
+                found[half[1]] = row_id
+                late = late or user_after
+                if len(found) == len(keys):
+                    break
+    finally:
+        cursor.close()
+    return _StoredCalls(found, late)
+
+
+SELECT_SESSION_OWNER = f"SELECT user_id, conversation_id FROM {SESSIONS_TABLE} WHERE session_id = ?"
+
+
+def session_owner(
+    conn: sqlite3.Connection, session_id: str
+) -> tuple[str | None, str | None] | None:
+    """The stored owner of a session, or ``None`` if no session row has this id.
+
+    Returns:
+        ``(user_id, conversation_id)``, each ``None`` where the owner is not known.
+    """
+    row = conn.execute(SELECT_SESSION_OWNER, (session_id,)).fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+def pop_newest(conn: sqlite3.Connection, session_id: str, now: float) -> Item | None:
+    """Delete and return the newest decodable item; corrupt rows are skipped, not deleted."""
+    window = 1
+    while True:
+        rows = conn.execute(SELECT_NEWEST_ROWS, (session_id, window)).fetchall()
+        for row_id, data in rows:
+            item = decode_item(data)
+            if item is not None:
+                conn.execute(DELETE_ROW, (row_id,))
+                conn.execute(TOUCH_SESSION, (now, session_id))
+                return item
+        if len(rows) < window:
+            return None
+        window *= 4
+
+
+def delete_session(conn: sqlite3.Connection, session_id: str) -> int | None:
+    """Delete a session's rows and its session row explicitly.
+
+    Returns:
+        The rows deleted, or ``None`` if there was neither a session row nor a row.
+    """
+    deleted = conn.execute(DELETE_SESSION_ROWS, (session_id,)).rowcount
+    existed = conn.execute(DELETE_SESSION, (session_id,)).rowcount
+    return int(deleted) if deleted or existed else None
+
+
+def stored_items(conn: sqlite3.Connection, session_id: str) -> DecodedRows | None:
+    """All of a session's items, or ``None`` if no session row has this id."""
+    if not session_exists(conn, session_id):
+        return None
+    return decode_rows(conn.execute(SELECT_ALL_ROWS, (session_id,)))
+
+
+def prune_session(conn: sqlite3.Connection, session_id: str, max_items: int) -> int | None:
+    """``prune`` for the manager: ``None`` if no session row has this id."""
+    if not session_exists(conn, session_id):
+        return None
+    return prune(conn, session_id, max_items)
+
+
+# --- many sessions ---------------------------------------------------------------------
+
+_SESSION_COLUMNS = "session_id, user_id, conversation_id, created_ts, last_activity_ts"
+SELECT_SESSION = f"SELECT {_SESSION_COLUMNS} FROM {SESSIONS_TABLE} WHERE session_id = ?"
+LIST_SESSIONS = (
+    f"SELECT {_SESSION_COLUMNS} FROM {SESSIONS_TABLE} "
+    "ORDER BY last_activity_ts DESC, session_id LIMIT ? OFFSET ?"
+)
+LIST_USER_SESSIONS = (
+    f"SELECT {_SESSION_COLUMNS} FROM {SESSIONS_TABLE} WHERE user_id = ? "
+    "ORDER BY last_activity_ts DESC, session_id LIMIT ? OFFSET ?"
+)
+LIST_SESSION_IDS = f"SELECT session_id FROM {SESSIONS_TABLE} ORDER BY session_id"
+COUNT_ACTIVE_SESSIONS = f"SELECT COUNT(*) FROM {SESSIONS_TABLE} WHERE last_activity_ts >= ?"
+COUNT_SESSIONS_AND_ROWS = (
+    f"SELECT (SELECT COUNT(*) FROM {SESSIONS_TABLE}), (SELECT COUNT(*) FROM {MESSAGES_TABLE})"
+)
+# One idleness test, ``last_activity_ts < cutoff``, for counting, listing and deleting.
+COUNT_IDLE_SESSIONS = f"SELECT COUNT(*) FROM {SESSIONS_TABLE} WHERE last_activity_ts < ?"
+LIST_IDLE_SESSIONS = (
+    f"SELECT {_SESSION_COLUMNS} FROM {SESSIONS_TABLE} WHERE last_activity_ts < ? "
+    "ORDER BY last_activity_ts, session_id LIMIT ?"
+)
+SELECT_IDLE_BATCH = (
+    f"SELECT session_id FROM {SESSIONS_TABLE} WHERE last_activity_ts < ? "
+    "ORDER BY last_activity_ts LIMIT ?"
+)
+
+
+def _stats(conn: sqlite3.Connection, row: Sequence[Any]) -> SessionStats:
+    session_id, user_id, conversation_id, created_ts, last_activity_ts = row
+    decoded = decode_rows(conn.execute(SELECT_ALL_ROWS, (session_id,)))
+    return SessionStats(
+        session_id=session_id,
+        user_id=user_id,
+        conversation_id=conversation_id,
+        message_count=len(decoded.items),
+        corrupt_items=len(decoded.corrupt_row_ids),
+        created_at=from_timestamp(created_ts if created_ts is not None else 0.0),
+        last_activity=from_timestamp(last_activity_ts if last_activity_ts is not None else 0.0),
+    )
+
+
+def session_exists(conn: sqlite3.Connection, session_id: str) -> bool:
+    """Whether a session row has this id."""
+    return conn.execute(SELECT_SESSION, (session_id,)).fetchone() is not None
+
+
+def session_stats(conn: sqlite3.Connection, session_id: str) -> SessionStats | None:
+    """What is stored for one session, or ``None`` if no session row has this id."""
+    row = conn.execute(SELECT_SESSION, (session_id,)).fetchone()
+    return None if row is None else _stats(conn, row)
+
+
+def list_sessions(
+    conn: sqlite3.Connection, user_id: str | None, limit: int, offset: int
+) -> list[SessionStats]:
+    """Sessions (of ``user_id``, or all), most recent activity first."""
+    if user_id is None:
+        rows = conn.execute(LIST_SESSIONS, (limit, offset)).fetchall()
+    else:
+        rows = conn.execute(LIST_USER_SESSIONS, (user_id, limit, offset)).fetchall()
+    return [_stats(conn, row) for row in rows]
+
+
+def list_idle_sessions(
+    conn: sqlite3.Connection, cutoff: float, limit: int | None
+) -> list[SessionStats]:
+    """Sessions idle since before ``cutoff``, oldest activity first."""
+    rows = conn.execute(LIST_IDLE_SESSIONS, (cutoff, -1 if limit is None else limit)).fetchall()
+    return [_stats(conn, row) for row in rows]
+
+
+def session_ids(conn: sqlite3.Connection) -> list[str]:
+    """Every session id, sorted."""
+    return [row[0] for row in conn.execute(LIST_SESSION_IDS)]
+
+
+def totals(conn: sqlite3.Connection, active_since: float) -> Totals:
+    """Session and row counts, and the sessions active since ``active_since``."""
+    sessions, rows = conn.execute(COUNT_SESSIONS_AND_ROWS).fetchone()
+    (active,) = conn.execute(COUNT_ACTIVE_SESSIONS, (active_since,)).fetchone()
+    return Totals(sessions=int(sessions), items=int(rows), active_sessions=int(active))
+
+
+def count_idle_sessions(conn: sqlite3.Connection, cutoff: float) -> int:
+    """How many sessions are idle since before ``cutoff``."""
+    return int(conn.execute(COUNT_IDLE_SESSIONS, (cutoff,)).fetchone()[0])
+
+
+def delete_idle_batch(conn: sqlite3.Connection, cutoff: float, batch_size: int) -> int:
+    """Delete up to ``batch_size`` idle sessions with their rows; inside a write transaction.
+
+    The write lock is held from the selection to the deletes, so no session selected here
+    can be written to before it is deleted.
+    """
+    ids = [row[0] for row in conn.execute(SELECT_IDLE_BATCH, (cutoff, batch_size))]
+    if not ids:
+        return 0
+    marks = ", ".join("?" * len(ids))
+    conn.execute(f"DELETE FROM {MESSAGES_TABLE} WHERE session_id IN ({marks})", ids)
+    deleted = conn.execute(f"DELETE FROM {SESSIONS_TABLE} WHERE session_id IN ({marks})", ids)
+    return int(deleted.rowcount)
