@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import subprocess
@@ -71,3 +72,83 @@ def test_fastapi_app_remembers_per_user(tmp_path: Path, monkeypatch: pytest.Monk
         from agent_sessions import CLEANUP_JOB_ID
 
         assert CLEANUP_JOB_ID in {job.id for job in app.state.scheduler.get_jobs()}
+
+
+async def test_fastapi_app_memory_stays_flat_on_one_long_conversation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker grew from 109 MB to 778 MB over ~3,400 requests to one conversation while the
+    # history stayed capped: the offline model kept a deep copy of every call's input. The
+    # history is capped at 10 items here so each request is cheap; a model that keeps its
+    # input leaks ~150 blocks per request even so (~130,000 over this run), a flat one a few
+    # hundred in all (caches filling). Python's own block count has no tracing overhead,
+    # unlike tracemalloc, and no allocator noise, unlike RSS.
+    pytest.importorskip("fastapi")
+    import httpx
+
+    from agent_sessions import get_settings
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("AGENT_SESSION_DB_PATH", str(tmp_path / "app.db"))
+    monkeypatch.setenv("AGENT_SESSION_MAX_MESSAGES", "10")
+    get_settings.cache_clear()
+    monkeypatch.syspath_prepend(str(ROOT))
+    from examples.fastapi_app import app
+
+    warm_up, measured = 200, 800
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+
+            async def chat(index: int) -> httpx.Response:
+                body = {"user_id": "ada", "conversation_id": "c1", "message": f"m{index}"}
+                response = await client.post("/chat", json=body)
+                assert response.status_code == 200, response.text
+                return response
+
+            for index in range(warm_up):
+                await chat(index)
+            gc.collect()
+            blocks_before, objects_before = sys.getallocatedblocks(), len(gc.get_objects())
+            for index in range(warm_up, warm_up + measured):
+                last = await chat(index)
+            gc.collect()
+            blocks = sys.getallocatedblocks() - blocks_before
+            objects = len(gc.get_objects()) - objects_before
+    assert last.json()["history_items"] == 10
+    assert f"m{warm_up + measured - 1}" in last.json()["reply"]
+    assert blocks < 10_000, f"{blocks} memory blocks kept over {measured} requests"
+    assert objects < 2_000, f"{objects} objects kept over {measured} requests"
+
+
+async def test_fastapi_echo_model_streams_and_its_replies_are_stored(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("fastapi")
+    from agents import Agent, Runner
+
+    from agent_sessions import AgentSession
+
+    monkeypatch.syspath_prepend(str(ROOT))
+    from examples.fastapi_app import EchoModel
+
+    agent = Agent(name="echo", model=EchoModel())
+    with AgentSession("ada", "c1", db_path=db_path) as session:
+        first = await Runner.run(agent, "hello", session=session)
+        streamed = Runner.run_streamed(agent, "again", session=session)
+        deltas = [
+            event.data.delta
+            async for event in streamed.stream_events()
+            if event.type == "raw_response_event"
+            and event.data.type == "response.output_text.delta"
+        ]
+        items = await session.get_items()
+    assert first.final_output == "You said: hello (1 items of context)"
+    assert streamed.final_output == "You said: again (3 items of context)"
+    assert deltas == [streamed.final_output]
+    assert [(item.get("role"), item.get("type")) for item in items] == [
+        ("user", None),
+        ("assistant", "message"),
+        ("user", None),
+        ("assistant", "message"),
+    ]
