@@ -50,6 +50,7 @@ logger = logging.getLogger("agent_sessions")
 SESSIONS_TABLE = "agent_sessions"
 MESSAGES_TABLE = "agent_messages"
 SCHEMA_TABLE = "agent_sessions_schema"
+TURN_LOCKS_TABLE = "agent_sessions_turn_locks"
 
 BUSY_TIMEOUT_MS = 30_000
 """How long a statement waits for another connection's write lock before failing."""
@@ -481,12 +482,25 @@ def _recheck_after_sdk_writes(conn: sqlite3.Connection) -> None:
     )
 
 
+def _add_turn_locks(conn: sqlite3.Connection) -> None:
+    # One row per session whose turn lock is held: who holds it, and until when (POSIX
+    # seconds) unless renewed. A row whose lease ran out belongs to no one (see turn_lock).
+    conn.execute(
+        f"""CREATE TABLE IF NOT EXISTS {TURN_LOCKS_TABLE} (
+            session_id TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            expires_ts REAL NOT NULL
+        )"""
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "adopt the SDK tables; add owner and activity columns", _adopt_sdk_tables),
     Migration(2, "remember calls answered after a later user message", _add_late_call_row),
     Migration(
         3, "re-check sessions for late answers, also after SDK writes", _recheck_after_sdk_writes
     ),
+    Migration(4, "add per-session turn locks with leases", _add_turn_locks),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
@@ -905,6 +919,46 @@ def delete_session(conn: sqlite3.Connection, session_id: str) -> int:
     deleted = conn.execute(DELETE_SESSION_ROWS, (session_id,)).rowcount
     conn.execute(DELETE_SESSION, (session_id,))
     return int(deleted)
+
+
+# --- turn locks (see AgentSession.turn_lock) --------------------------------------------------
+
+SELECT_TURN_LOCK_EXPIRY = f"SELECT expires_ts FROM {TURN_LOCKS_TABLE} WHERE session_id = ?"
+TAKE_TURN_LOCK = f"""
+    INSERT INTO {TURN_LOCKS_TABLE} (session_id, owner, expires_ts) VALUES (?, ?, ?)
+    ON CONFLICT (session_id) DO UPDATE SET owner = excluded.owner, expires_ts = excluded.expires_ts
+        WHERE expires_ts <= ?
+"""
+RENEW_TURN_LOCK = f"UPDATE {TURN_LOCKS_TABLE} SET expires_ts = ? WHERE session_id = ? AND owner = ?"
+RELEASE_TURN_LOCK = f"DELETE FROM {TURN_LOCKS_TABLE} WHERE session_id = ? AND owner = ?"
+
+
+def turn_lock_is_free(conn: sqlite3.Connection, session_id: str, now: float) -> bool:
+    """Whether no unexpired lease holds the session's turn lock (a read, to poll cheaply)."""
+    row = conn.execute(SELECT_TURN_LOCK_EXPIRY, (session_id,)).fetchone()
+    return row is None or row[0] <= now
+
+
+def take_turn_lock(
+    conn: sqlite3.Connection, session_id: str, owner: str, now: float, expires: float
+) -> bool:
+    """Take the turn lock for ``owner`` unless an unexpired lease holds it; inside a write.
+
+    Returns:
+        Whether ``owner`` now holds it, until ``expires``.
+    """
+    params = (session_id, owner, expires, now)
+    return conn.execute(TAKE_TURN_LOCK, params).rowcount == 1
+
+
+def renew_turn_lock(conn: sqlite3.Connection, session_id: str, owner: str, expires: float) -> bool:
+    """Extend ``owner``'s lease to ``expires``; ``False`` if it no longer holds the lock."""
+    return conn.execute(RENEW_TURN_LOCK, (expires, session_id, owner)).rowcount == 1
+
+
+def release_turn_lock(conn: sqlite3.Connection, session_id: str, owner: str) -> bool:
+    """Delete the lock row if ``owner`` still holds it; ``False`` if it did not."""
+    return conn.execute(RELEASE_TURN_LOCK, (session_id, owner)).rowcount == 1
 
 
 # --- manager statements (run through aiosqlite) --------------------------------------------
