@@ -11,6 +11,7 @@ Then ``curl -X POST localhost:8000/chat -H 'content-type: application/json'
 Without ``OPENAI_API_KEY`` the agent runs on ``EchoModel``, which echoes the message, so
 the app works offline. Several workers may share one database file: each one
 opens its sessions on it, and each runs the cleanup job (a second run finds nothing left).
+Requests for one conversation take turns (``AgentSession.turn_lock``), in any worker.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from openai.types.responses import (
 from agent_sessions import (
     InvalidIdentifierError,
     SessionManager,
+    TurnLockTimeoutError,
     get_agent_session,
     get_settings,
     start_cleanup_scheduler,
@@ -126,6 +128,10 @@ def build_agent() -> Agent:
     return Agent(name="Assistant", instructions="Be brief.", model=EchoModel())
 
 
+TURN_WAIT_SECONDS = 120
+"""How long a request waits while another run of its conversation finishes (then 409)."""
+
+
 class ChatRequest(BaseModel):
     user_id: str = Field(min_length=1, max_length=128)
     conversation_id: str = Field(min_length=1, max_length=128)
@@ -163,8 +169,14 @@ async def chat(request: ChatRequest) -> ChatResponse:
     except InvalidIdentifierError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from exc
     with session:
-        result = await Runner.run(app.state.agent, request.message, session=session)
-        items = len(await session.get_items())
+        try:
+            # One run at a time per conversation, across workers: two runs at once would
+            # store their items interleaved (user, user, reply, reply).
+            async with session.turn_lock(timeout=TURN_WAIT_SECONDS):
+                result = await Runner.run(app.state.agent, request.message, session=session)
+                items = len(await session.get_items())
+        except TurnLockTimeoutError as exc:
+            raise HTTPException(status_code=409, detail=str(exc)) from exc
     return ChatResponse(
         reply=str(result.final_output), session_id=session.session_id, history_items=items
     )
