@@ -20,6 +20,7 @@ from .errors import (
     StorageError,
     StorageFullError,
     StorageUnavailableError,
+    TurnLockTimeoutError,
 )
 from .ids import get_session_id
 from .manager import SessionManager
@@ -52,6 +53,7 @@ __all__ = [
     "StorageError",
     "StorageFullError",
     "StorageUnavailableError",
+    "TurnLockTimeoutError",
     "__version__",
     "get_agent_session",
     "get_session_id",

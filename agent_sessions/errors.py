@@ -12,6 +12,7 @@ Every error the library raises on purpose derives from one base, so an app can c
     ├── SessionClosedError        (also RuntimeError) the session or manager was closed
     ├── SchedulerError            (also RuntimeError) the cleanup scheduler cannot start
     ├── EventLoopMismatchError    (also RuntimeError) a manager used by two running loops
+    ├── TurnLockTimeoutError      (also TimeoutError) another run held the session's turn lock
     └── StorageError                                 the database failed
         ├── StorageUnavailableError                  the file cannot be opened or written
         ├── StorageBusyError                         the database stayed locked too long
@@ -72,6 +73,19 @@ class SchedulerError(AgentSessionsError, RuntimeError):
 
 class EventLoopMismatchError(AgentSessionsError, RuntimeError):
     """A ``SessionManager`` was used from a second event loop while its first still runs."""
+
+
+class TurnLockTimeoutError(AgentSessionsError, TimeoutError):
+    """``AgentSession.turn_lock`` waited ``timeout`` seconds while another run held the lock."""
+
+    def __init__(self, session_id: str, timeout: float, *, path: str) -> None:
+        super().__init__(
+            f"session {session_id!r} in {path!r} is in use by another run: its turn lock was "
+            f"not free within {timeout:g} s"
+        )
+        self.session_id = session_id
+        self.timeout = timeout
+        self.path = path
 
 
 class StorageError(AgentSessionsError):

@@ -9,6 +9,7 @@ once in a derived id and the mapping is injective: two different pairs never sha
 
 from __future__ import annotations
 
+import math
 import string
 import uuid
 
@@ -138,3 +139,22 @@ def optional_limit(value: object, what: str = "limit") -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidArgumentError(f"{what} must be an int or None, got {value!r}")
     return None if value < 0 or value > MAX_COUNT else value
+
+
+def seconds(value: object, what: str, *, minimum: float = 0.0, finite: bool = False) -> float:
+    """Return ``value``, an int or float of at least ``minimum`` (not NaN), as a float.
+
+    Raises:
+        InvalidArgumentError: naming ``what`` if it is not such a number, or is infinite
+            when ``finite`` is asked for.
+    """
+    number = math.nan
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond float's range
+            number = math.inf
+    if math.isnan(number) or number < minimum or (finite and math.isinf(number)):
+        rule = f"a number of seconds of at least {minimum:g}" + (", finite" if finite else "")
+        raise InvalidArgumentError(f"{what} must be {rule}, got {value!r}")
+    return number

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import sqlite3
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -20,11 +23,27 @@ from .backends.base import Backend, SessionKey
 from .backends.sqlite import SQLiteBackend
 from .backends.sqlite.schema import MESSAGES_TABLE, SESSIONS_TABLE
 from .clock import Clock, now_timestamp, utc_now
-from .errors import AgentSessionsError, InvalidItemError, SessionClosedError
-from .ids import get_session_id, normalize_identifier, optional_limit, positive_int
+from .errors import (
+    AgentSessionsError,
+    InvalidItemError,
+    SessionClosedError,
+    StorageError,
+    TurnLockTimeoutError,
+)
+from .ids import get_session_id, normalize_identifier, optional_limit, positive_int, seconds
 from .settings import AgentSessionSettings, resolve_setting
 
 logger = logging.getLogger("agent_sessions")
+
+TURN_LOCK_LEASE = 30.0
+"""Default seconds a turn lock is held without renewal; the holder renews every third of it."""
+
+MIN_TURN_LOCK_LEASE = 0.1
+"""Shortest lease accepted (its holder renews it every third of it)."""
+
+_FIRST_LOCK_POLL = 0.002
+_MAX_LOCK_POLL = 0.05
+_releasing: set[asyncio.Future[None]] = set()
 
 
 class BoundedSessionMixin:
@@ -93,6 +112,108 @@ class BoundedSessionMixin:
     async def clear_session(self) -> None:
         """Delete every item of this session and its session row."""
         await self._open_backend().delete_session(self.session_id)
+
+    # --- turn lock ---
+
+    def turn_lock(
+        self, timeout: float | None = None, *, lease: float = TURN_LOCK_LEASE
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold this session's turn lock for the block: one run at a time per session.
+
+        Runs on one session at once interleave their items (each writes its input, then its
+        output); wrap each run in ``async with session.turn_lock(timeout=...):`` to
+        serialise them, across tasks and across processes sharing the database. The lock is
+        a row in the database with a lease: the holder renews it every ``lease / 3`` seconds
+        while the block runs, and deletes it on exit (normal, exception or cancellation). A
+        holder that dies without releasing blocks the session until its lease runs out. The
+        lock is not reentrant, and waiters are not served in order.
+
+        Args:
+            timeout: Seconds to wait for the lock; ``None`` (or ``math.inf``) waits as long
+                as it takes, ``0`` tries once.
+            lease: Seconds the lock stays held without renewal (at least
+                ``MIN_TURN_LOCK_LEASE``); the longest a dead holder blocks the session. Lease
+                times come from the session's clock.
+
+        Raises:
+            InvalidArgumentError: if ``timeout`` or ``lease`` is not a valid number of seconds.
+            TurnLockTimeoutError: on entry, if another holder kept the lock for ``timeout``.
+            SessionClosedError: on entry, if the session is closed.
+        """
+        wait = None if timeout is None else seconds(timeout, "timeout")
+        hold = seconds(lease, "lease", minimum=MIN_TURN_LOCK_LEASE, finite=True)
+        return self._hold_turn_lock(wait, hold)
+
+    @contextlib.asynccontextmanager
+    async def _hold_turn_lock(self, wait: float | None, lease: float) -> AsyncIterator[None]:
+        owner = uuid.uuid4().hex  # one per acquisition: tasks of one process exclude each other
+        await self._acquire_turn_lock(owner, wait, lease)
+        # Nothing awaits between taking the lock and entering the try: a cancellation can
+        # only arrive inside it, where the lock is released.
+        heartbeat = asyncio.create_task(self._renew_turn_lock(owner, lease))
+        try:
+            yield
+        finally:
+            heartbeat.cancel()
+            # Shielded: cancelled again here, the caller stops waiting but the row still goes.
+            release = asyncio.ensure_future(self._release_turn_lock(owner, lease))
+            _releasing.add(release)  # a strong reference while it runs unawaited
+            release.add_done_callback(_releasing.discard)
+            await asyncio.shield(release)
+
+    async def _acquire_turn_lock(self, owner: str, wait: float | None, lease: float) -> None:
+        deadline = None if wait is None else time.monotonic() + wait
+        delay = _FIRST_LOCK_POLL
+        while True:
+            backend = self._open_backend()
+            now = now_timestamp(self._clock)
+            # Polling reads; only a lock that looks free is tried in a write transaction.
+            if await backend.turn_lock_is_free(
+                self.session_id, now
+            ) and await backend.take_turn_lock(self.session_id, owner, now, now + lease):
+                return
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                assert wait is not None
+                raise TurnLockTimeoutError(self.session_id, wait, path=self._backend.location)
+            await asyncio.sleep(delay if remaining is None else min(delay, remaining))
+            delay = min(delay * 2, _MAX_LOCK_POLL)
+
+    async def _renew_turn_lock(self, owner: str, lease: float) -> None:
+        # Through the backend even once the session is closed: a lock taken before close()
+        # is still renewed and released.
+        while True:
+            await asyncio.sleep(lease / 3)
+            expires = now_timestamp(self._clock) + lease
+            try:
+                renewed = await self._backend.renew_turn_lock(self.session_id, owner, expires)
+            except SessionClosedError:  # an in-memory session closed inside the block
+                return
+            except AgentSessionsError as exc:  # the lease may still hold: try again next time
+                logger.warning(
+                    "session %r: could not renew its turn lock: %s", self.session_id, exc
+                )
+                continue
+            if not renewed:
+                logger.warning(
+                    "session %r: its turn lock was lost (the lease ran out and another run "
+                    "took it); runs may now overlap",
+                    self.session_id,
+                )
+                return
+
+    async def _release_turn_lock(self, owner: str, lease: float) -> None:
+        try:
+            await self._backend.release_turn_lock(self.session_id, owner)
+        except SessionClosedError:  # an in-memory session closed inside the block: gone
+            pass
+        except StorageError as exc:  # not raised over the run's own outcome
+            logger.warning(
+                "session %r: could not release its turn lock (it expires within %g s): %s",
+                self.session_id,
+                lease,
+                exc,
+            )
 
     def _open_backend(self) -> Backend:
         if self._closed:

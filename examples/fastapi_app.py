@@ -8,14 +8,16 @@ Install the extra and run it::
 Then ``curl -X POST localhost:8000/chat -H 'content-type: application/json'
 -d '{"user_id": "ada", "conversation_id": "c1", "message": "hello"}'``.
 
-Without ``OPENAI_API_KEY`` the agent runs on the SDK's ``ScriptedModel``, which echoes the
-message, so the app works offline. Several workers may share one database file: each one
+Without ``OPENAI_API_KEY`` the agent runs on ``EchoModel``, which echoes the message, so
+the app works offline. Several workers may share one database file: each one
 opens its sessions on it, and each runs the cleanup job (a second run finds nothing left).
+Requests for one conversation take turns (``AgentSession.turn_lock``), in any worker.
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -26,33 +28,97 @@ from pydantic import BaseModel, Field
 if not os.environ.get("OPENAI_API_KEY"):
     os.environ.setdefault("OPENAI_AGENTS_DISABLE_TRACING", "1")
 
-from agents import Agent, Runner
-from agents.items import TResponseInputItem
-from agents.testing import ScriptedModel, assistant_message
+from agents import Agent, Model, ModelResponse, Runner, Usage
+from agents.items import TResponseInputItem, TResponseStreamEvent
+from openai.types.responses import (
+    Response,
+    ResponseCompletedEvent,
+    ResponseOutputItemDoneEvent,
+    ResponseOutputMessage,
+    ResponseOutputText,
+    ResponseTextDeltaEvent,
+)
 
 from agent_sessions import (
     InvalidIdentifierError,
     SessionManager,
+    TurnLockTimeoutError,
     get_agent_session,
     get_settings,
     start_cleanup_scheduler,
 )
 
 
-class EchoModel(ScriptedModel):
-    """Offline stand-in for a real model: replies by echoing the newest user message."""
+class EchoModel(Model):
+    """Offline stand-in for a real model: replies by echoing the newest user message.
 
-    # The Runner passes ``input`` by keyword, so the parameter keeps the SDK's name.
+    It implements the SDK's ``Model`` interface directly and keeps nothing per call, so a
+    worker's memory stays flat however many requests it serves. (The SDK's ``ScriptedModel``
+    is made for tests: it keeps a deep copy of every call's input in ``.calls``.)
+    """
+
     async def get_response(
-        self, system_instructions: Any, input: Any, *args: Any, **kwargs: Any
-    ) -> Any:
-        items: Sequence[TResponseInputItem] = (
-            [{"role": "user", "content": input}] if isinstance(input, str) else input
+        self,
+        system_instructions: str | None,
+        input: str | list[TResponseInputItem],  # the Runner passes it by this name
+        *args: Any,
+        **kwargs: Any,
+    ) -> ModelResponse:
+        message = _assistant_message(_echo(input))
+        return ModelResponse(output=[message], usage=Usage(requests=1), response_id=None)
+
+    async def stream_response(
+        self,
+        system_instructions: str | None,
+        input: str | list[TResponseInputItem],
+        *args: Any,
+        **kwargs: Any,
+    ) -> AsyncIterator[TResponseStreamEvent]:
+        text = _echo(input)
+        message = _assistant_message(text)
+        yield ResponseTextDeltaEvent(
+            type="response.output_text.delta",
+            item_id=message.id,
+            output_index=0,
+            content_index=0,
+            delta=text,
+            logprobs=[],
+            sequence_number=0,
         )
-        users = [item for item in items if isinstance(item, dict) and item.get("role") == "user"]
-        text = users[-1].get("content") if users else ""
-        self.enqueue([assistant_message(f"You said: {text} ({len(items)} items of context)")])
-        return await super().get_response(system_instructions, input, *args, **kwargs)
+        yield ResponseOutputItemDoneEvent(
+            type="response.output_item.done", item=message, output_index=0, sequence_number=1
+        )
+        response = Response(
+            id="echo",
+            created_at=0,
+            model="echo",
+            object="response",
+            output=[message],
+            tool_choice="none",
+            tools=[],
+            parallel_tool_calls=False,
+            status="completed",
+        )
+        yield ResponseCompletedEvent(
+            type="response.completed", response=response, sequence_number=2
+        )
+
+
+def _echo(input: str | list[TResponseInputItem]) -> str:
+    items: Sequence[Any] = [{"role": "user", "content": input}] if isinstance(input, str) else input
+    users = [item for item in items if isinstance(item, dict) and item.get("role") == "user"]
+    text = users[-1].get("content") if users else ""
+    return f"You said: {text} ({len(items)} items of context)"
+
+
+def _assistant_message(text: str) -> ResponseOutputMessage:
+    return ResponseOutputMessage(
+        id=f"msg_{uuid.uuid4().hex}",
+        type="message",
+        role="assistant",
+        status="completed",
+        content=[ResponseOutputText(type="output_text", text=text, annotations=[], logprobs=[])],
+    )
 
 
 def build_agent() -> Agent:
@@ -60,6 +126,10 @@ def build_agent() -> Agent:
     if os.environ.get("OPENAI_API_KEY"):
         return Agent(name="Assistant", instructions="Be brief.")
     return Agent(name="Assistant", instructions="Be brief.", model=EchoModel())
+
+
+TURN_WAIT_SECONDS = 120
+"""How long a request waits while another run of its conversation finishes (then 409)."""
 
 
 class ChatRequest(BaseModel):
@@ -99,8 +169,14 @@ async def chat(request: ChatRequest) -> ChatResponse:
     except InvalidIdentifierError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from exc
     with session:
-        result = await Runner.run(app.state.agent, request.message, session=session)
-        items = len(await session.get_items())
+        try:
+            # One run at a time per conversation, across workers: two runs at once would
+            # store their items interleaved (user, user, reply, reply).
+            async with session.turn_lock(timeout=TURN_WAIT_SECONDS):
+                result = await Runner.run(app.state.agent, request.message, session=session)
+                items = len(await session.get_items())
+        except TurnLockTimeoutError as exc:
+            raise HTTPException(status_code=409, detail=str(exc)) from exc
     return ChatResponse(
         reply=str(result.final_output), session_id=session.session_id, history_items=items
     )

@@ -20,7 +20,8 @@ from agent_sessions import (
     SessionManager,
     StorageError,
 )
-from agent_sessions.backends.sqlite import schema
+from agent_sessions.backends.sqlite import connection, schema, sql
+from agent_sessions.backends.sqlite.engine import close_idle_connections
 from tests.conftest import FakeClock
 from tests.items import assistant, user
 
@@ -415,7 +416,7 @@ async def test_a_version_2_database_is_upgraded_and_its_sessions_rechecked(
     # NULL late_call_row meant "no late answer".
     execute(
         path,
-        "DELETE FROM agent_sessions_schema WHERE version = 3",
+        "DELETE FROM agent_sessions_schema WHERE version >= 3",
         "DROP TRIGGER agent_sessions_sdk_touch",
         "CREATE TRIGGER agent_sessions_sdk_touch AFTER UPDATE OF updated_at ON agent_sessions "
         "BEGIN UPDATE agent_sessions SET last_activity_ts = 1 WHERE session_id = "
@@ -424,7 +425,27 @@ async def test_a_version_2_database_is_upgraded_and_its_sessions_rechecked(
         "VALUES ('s', 0, 1)",
     )
     with closing(schema.connect(path)) as conn:
-        assert schema.schema_version(conn) == 3
+        assert schema.schema_version(conn) == schema.LATEST_VERSION
         conn.execute("UPDATE agent_sessions SET updated_at = '2026-01-01 00:00:00'")
         row = conn.execute("SELECT late_call_row, last_activity_ts FROM agent_sessions").fetchone()
     assert row == (None, datetime(2026, 1, 1, tzinfo=UTC).timestamp())
+
+
+async def test_a_version_3_database_gets_turn_locks(tmp_path: Path) -> None:
+    path = tmp_path / "v3.db"
+    with AgentSession("ada", "c1", db_path=path) as session:
+        await session.add_items([user("before the upgrade")])
+    close_idle_connections()  # the next open migrates, as in a fresh process
+    # Version 3 as it was released: no turn lock table.
+    execute(
+        path,
+        "DELETE FROM agent_sessions_schema WHERE version >= 4",
+        f"DROP TABLE {schema.TURN_LOCKS_TABLE}",
+    )
+    with AgentSession("ada", "c1", db_path=path) as session:
+        assert await session.get_items() == [user("before the upgrade")]
+    assert query(path, "SELECT MAX(version) FROM agent_sessions_schema") == [(4,)]
+    with closing(schema.connect(path)) as conn, connection.write_transaction(conn):
+        assert sql.take_turn_lock(conn, "user_ada_conv_c1", "me", 1.0, 31.0)
+        assert not sql.take_turn_lock(conn, "user_ada_conv_c1", "other", 30.0, 60.0)
+        assert sql.take_turn_lock(conn, "user_ada_conv_c1", "other", 31.0, 61.0)

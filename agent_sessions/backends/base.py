@@ -127,6 +127,24 @@ class Backend(Protocol):
         """Apply the pruning rule now; the items deleted, or ``None`` for an unknown session."""
         ...
 
+    # --- turn locks: one run at a time per session, across processes ---
+
+    async def turn_lock_is_free(self, session_id: str, now: float) -> bool:
+        """Whether no unexpired lease holds the session's turn lock (a cheap read to poll)."""
+        ...
+
+    async def take_turn_lock(self, session_id: str, owner: str, now: float, expires: float) -> bool:
+        """Take the lock for ``owner`` until ``expires`` unless an unexpired lease holds it."""
+        ...
+
+    async def renew_turn_lock(self, session_id: str, owner: str, expires: float) -> bool:
+        """Extend ``owner``'s lease; ``False`` if it no longer holds the lock."""
+        ...
+
+    async def release_turn_lock(self, session_id: str, owner: str) -> bool:
+        """Drop the lock if ``owner`` still holds it; ``False`` if it did not."""
+        ...
+
     # --- many sessions ---
 
     async def session_stats(self, session_id: str) -> SessionStats | None:

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from ...codec import DecodedRows
-from ...errors import InvalidIdentifierError, StorageUnavailableError
+from ...errors import InvalidIdentifierError, SessionClosedError, StorageUnavailableError
 from ...ids import legacy_owner
 from ...models import SessionStats
 from ...pruning import Item
@@ -65,6 +65,8 @@ class SQLiteBackend:
     def _engine(self, *, reopen_if_replaced: bool = False) -> Engine:
         if self._memory is not None:
             return self._memory
+        if self.path == ":memory:":  # closed: its database is gone
+            raise SessionClosedError("the in-memory database was closed with its session")
         if not self._create and not os.path.exists(self.path):
             raise StorageUnavailableError(f"no database at {self.path!r}", path=self.path)
         return registry.get(self.path, reopen_if_replaced=reopen_if_replaced, create=self._create)
@@ -209,6 +211,30 @@ class SQLiteBackend:
         """See ``Backend.prune_session``."""
         return await self._run(
             lambda conn: sql.prune_session(conn, session_id, max_items), write=True
+        )
+
+    # --- turn locks ---
+
+    async def turn_lock_is_free(self, session_id: str, now: float) -> bool:
+        """See ``Backend.turn_lock_is_free``."""
+        return await self._run(lambda conn: sql.turn_lock_is_free(conn, session_id, now))
+
+    async def take_turn_lock(self, session_id: str, owner: str, now: float, expires: float) -> bool:
+        """See ``Backend.take_turn_lock``."""
+        return await self._run(
+            lambda conn: sql.take_turn_lock(conn, session_id, owner, now, expires), write=True
+        )
+
+    async def renew_turn_lock(self, session_id: str, owner: str, expires: float) -> bool:
+        """See ``Backend.renew_turn_lock``."""
+        return await self._run(
+            lambda conn: sql.renew_turn_lock(conn, session_id, owner, expires), write=True
+        )
+
+    async def release_turn_lock(self, session_id: str, owner: str) -> bool:
+        """See ``Backend.release_turn_lock``."""
+        return await self._run(
+            lambda conn: sql.release_turn_lock(conn, session_id, owner), write=True
         )
 
     # --- many sessions ---

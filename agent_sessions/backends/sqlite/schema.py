@@ -32,6 +32,7 @@ from .connection import (
 SESSIONS_TABLE = "agent_sessions"
 MESSAGES_TABLE = "agent_messages"
 SCHEMA_TABLE = "agent_sessions_schema"
+TURN_LOCKS_TABLE = "agent_sessions_turn_locks"
 
 # needs no SQLite 3.38.
 _SDK_TEXT_TO_TS = "CAST(strftime('%s', {col}) AS REAL)"
@@ -270,12 +271,25 @@ def _recheck_after_sdk_writes(conn: sqlite3.Connection) -> None:
     )
 
 
+def _add_turn_locks(conn: sqlite3.Connection) -> None:
+    # One row per session whose turn lock is held: who holds it, and until when (POSIX
+    # seconds) unless renewed. A row whose lease ran out belongs to no one (see turn_lock).
+    conn.execute(
+        f"""CREATE TABLE IF NOT EXISTS {TURN_LOCKS_TABLE} (
+            session_id TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            expires_ts REAL NOT NULL
+        )"""
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "adopt the SDK tables; add owner and activity columns", _adopt_sdk_tables),
     Migration(2, "remember calls answered after a later user message", _add_late_call_row),
     Migration(
         3, "re-check sessions for late answers, also after SDK writes", _recheck_after_sdk_writes
     ),
+    Migration(4, "add per-session turn locks with leases", _add_turn_locks),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

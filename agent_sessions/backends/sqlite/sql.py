@@ -25,7 +25,7 @@ from ...pruning import (
     pairing,
 )
 from ..base import SessionKey, Totals
-from .schema import MESSAGES_TABLE, SESSIONS_TABLE
+from .schema import MESSAGES_TABLE, SESSIONS_TABLE, TURN_LOCKS_TABLE
 
 logger = logging.getLogger("agent_sessions")
 
@@ -260,6 +260,45 @@ def prune_session(conn: sqlite3.Connection, session_id: str, max_items: int) -> 
     if not session_exists(conn, session_id):
         return None
     return prune(conn, session_id, max_items)
+
+
+# --- turn locks (see the sessions' turn_lock) -------------------------------------------
+
+SELECT_TURN_LOCK_EXPIRY = f"SELECT expires_ts FROM {TURN_LOCKS_TABLE} WHERE session_id = ?"
+TAKE_TURN_LOCK = f"""
+    INSERT INTO {TURN_LOCKS_TABLE} (session_id, owner, expires_ts) VALUES (?, ?, ?)
+    ON CONFLICT (session_id) DO UPDATE SET owner = excluded.owner, expires_ts = excluded.expires_ts
+        WHERE expires_ts <= ?
+"""
+RENEW_TURN_LOCK = f"UPDATE {TURN_LOCKS_TABLE} SET expires_ts = ? WHERE session_id = ? AND owner = ?"
+RELEASE_TURN_LOCK = f"DELETE FROM {TURN_LOCKS_TABLE} WHERE session_id = ? AND owner = ?"
+
+
+def turn_lock_is_free(conn: sqlite3.Connection, session_id: str, now: float) -> bool:
+    """Whether no unexpired lease holds the session's turn lock (a read, to poll cheaply)."""
+    row = conn.execute(SELECT_TURN_LOCK_EXPIRY, (session_id,)).fetchone()
+    return row is None or row[0] <= now
+
+
+def take_turn_lock(
+    conn: sqlite3.Connection, session_id: str, owner: str, now: float, expires: float
+) -> bool:
+    """Take the turn lock for ``owner`` unless an unexpired lease holds it; inside a write.
+
+    Returns:
+        Whether ``owner`` now holds it, until ``expires``.
+    """
+    return conn.execute(TAKE_TURN_LOCK, (session_id, owner, expires, now)).rowcount == 1
+
+
+def renew_turn_lock(conn: sqlite3.Connection, session_id: str, owner: str, expires: float) -> bool:
+    """Extend ``owner``'s lease to ``expires``; ``False`` if it no longer holds the lock."""
+    return conn.execute(RENEW_TURN_LOCK, (expires, session_id, owner)).rowcount == 1
+
+
+def release_turn_lock(conn: sqlite3.Connection, session_id: str, owner: str) -> bool:
+    """Delete the lock row if ``owner`` still holds it; ``False`` if it did not."""
+    return conn.execute(RELEASE_TURN_LOCK, (session_id, owner)).rowcount == 1
 
 
 # --- many sessions ---------------------------------------------------------------------
