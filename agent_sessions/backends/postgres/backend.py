@@ -13,7 +13,7 @@ import psycopg
 
 from ...clock import from_timestamp
 from ...codec import DecodedRows, decode_item, decode_rows
-from ...errors import InvalidArgumentError, InvalidIdentifierError, SessionClosedError
+from ...errors import InvalidArgumentError, InvalidIdentifierError
 from ...ids import positive_int
 from ...models import SessionStats
 from ...pruning import Item, cut_index, late_call_index
@@ -123,7 +123,6 @@ class PostgresBackend:
         self._max_size = positive_int(pool_max_size, "pool_max_size", minimum=max(1, pool_min_size))
         self._connect_timeout = _seconds(connect_timeout, "connect_timeout")
         self._statement_timeout = _seconds(statement_timeout, "statement_timeout", zero=True)
-        self._closed = False
 
     @property
     def location(self) -> str:
@@ -135,10 +134,6 @@ class PostgresBackend:
 
     # --- lifecycle ---
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise SessionClosedError(f"the PostgreSQL backend for {self._location!r} is closed")
-
     async def open(self) -> None:
         """Connect, and create or migrate the schema (once per process and URL); idempotent.
 
@@ -147,7 +142,6 @@ class PostgresBackend:
                 no sessions and the backend was made with ``create=False``.
             StorageError: if the schema is newer than this library, or the tables not ours.
         """
-        self._check_open()
         if schema_ready(self._url):
             return
         async with schema_lock(self._url):
@@ -171,8 +165,12 @@ class PostgresBackend:
             mark_schema_ready(self._url)
 
     async def close(self) -> None:
-        """Stop using the backend; the shared pool stays open for others (see ``close_pools``)."""
-        self._closed = True
+        """Nothing to release: connections belong to the shared pool (see ``close_pools``)."""
+
+    @property
+    def holds_resources(self) -> bool:
+        """Always ``False``: the pool is shared, and closed by ``close_pools``."""
+        return False
 
     @contextlib.asynccontextmanager
     async def _transaction(self, *, snapshot: bool = False) -> AsyncIterator[Connection]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import psycopg_pool
@@ -40,17 +39,20 @@ class FullPruneNeeded(Exception):
 def redact(url: str) -> str:
     """Return ``url`` (a URI or a ``key=value`` string) without its password."""
     if url.startswith(("postgresql://", "postgres://")):
-        parts = urlsplit(url)
-        netloc = parts.netloc
+        # By hand, not urllib: urlunsplit would turn "postgresql:///db" into "postgresql:/db".
+        scheme, _, rest = url.partition("://")
+        end = min((at for at in map(rest.find, "/?#") if at >= 0), default=len(rest))
+        netloc, path = rest[:end], rest[end:]
         if "@" in netloc:
             userinfo, _, hosts = netloc.rpartition("@")
             netloc = f"{userinfo.partition(':')[0]}@{hosts}"
+        path, _, query = path.partition("?")
+        query, hash_mark, fragment = query.partition("#")
         query = "&".join(
-            field
-            for field in parts.query.split("&")
-            if field and field.partition("=")[0] != "password"
+            field for field in query.split("&") if field and field.partition("=")[0] != "password"
         )
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+        tail = (f"?{query}" if query else "") + (f"#{fragment}" if hash_mark else "")
+        return f"{scheme}://{netloc}{path}{tail}"
     try:
         params = conninfo_to_dict(url)
     except psycopg.Error:
