@@ -7,11 +7,15 @@ pooling). Without a server the tests skip; under ``CI=true`` they fail (``tests.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
+import psycopg
 import pytest
 
 from agent_sessions.backends.postgres import PostgresBackend, close_pools
 from tests.pg_server import PG_URL, PGBOUNCER_URL, fresh_database, require_postgres, with_database
+
+from .helpers import connect
 
 ROUTES = {"direct": PG_URL, "pgbouncer": PGBOUNCER_URL}
 
@@ -41,3 +45,10 @@ async def backend(pg_url: str) -> AsyncIterator[PostgresBackend]:
     await opened.open()
     yield opened
     await opened.close()
+
+
+@pytest.fixture
+async def raw(pg_url: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """A connection of the test's own, for SQL beside the backend."""
+    async with await connect(pg_url) as conn:
+        yield conn

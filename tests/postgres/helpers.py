@@ -10,11 +10,20 @@ from agent_sessions.backends.base import Backend, SessionKey
 from agent_sessions.codec import encode_items
 
 
-async def query(url: str, statement: str, params: Any = None) -> list[Any]:
-    """Run one statement on a connection of its own (autocommit) and return its rows."""
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        cursor = await conn.execute(statement, params)
-        return await cursor.fetchall() if cursor.description is not None else []
+async def connect(url: str) -> psycopg.AsyncConnection[Any]:
+    """An autocommit connection that, like the backend's, prepares nothing (PgBouncer)."""
+    return await psycopg.AsyncConnection.connect(url, autocommit=True, prepare_threshold=None)
+
+
+async def query(
+    target: str | psycopg.AsyncConnection[Any], statement: str, params: Any = None
+) -> list[Any]:
+    """Run one statement (on a new connection, given a URL) and return its rows."""
+    if isinstance(target, str):
+        async with await connect(target) as conn:
+            return await query(conn, statement, params)
+    cursor = await target.execute(statement, params)
+    return await cursor.fetchall() if cursor.description is not None else []
 
 
 T0 = 1_780_000_000.0
