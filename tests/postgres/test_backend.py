@@ -53,6 +53,7 @@ def test_a_connection_string_loses_its_password_too() -> None:
         {"connect_timeout": float("nan")},
         {"statement_timeout": -1},
         {"statement_timeout": True},
+        {"statement_timeout": 3e6},
     ],
 )
 def test_bad_settings_are_refused(kwargs: dict[str, object]) -> None:

@@ -52,16 +52,22 @@ def _check_text(value: str, what: str) -> str:
     return value
 
 
+_MAX_TIMEOUT = 2_000_000.0
+"""Seconds; PostgreSQL's statement_timeout holds at most 2**31 - 1 milliseconds."""
+
+
 def _seconds(value: object, what: str, *, zero: bool = False) -> float:
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
         or not math.isfinite(value)
-        or value < 0
+        or not 0 <= value <= _MAX_TIMEOUT
         or (value == 0 and not zero)
     ):
-        least = "0 or more" if zero else "more than 0"
-        raise InvalidArgumentError(f"{what} must be a number of seconds, {least}; got {value!r}")
+        least = "from 0" if zero else "above 0"
+        raise InvalidArgumentError(
+            f"{what} must be a number of seconds {least} up to {_MAX_TIMEOUT:.0f}; got {value!r}"
+        )
     return float(value)
 
 
