@@ -108,7 +108,7 @@ async def test_append_keeps_what_cut_index_keeps_batch_by_batch(
         assert stored.items == expected, f"max_items={n}, after batch {batch}"
 
 
-def test_a_late_answer_within_one_batch_is_not_cut_from_its_call() -> None:
+def test_a_batch_answering_a_call_after_a_user_message_says_so() -> None:
     late = [{"role": "user", "content": "u0"}, call("c1"), {"role": "user", "content": "u1"}]
     late.append(output("c1"))
     assert Batch.of(late, [json.dumps(i) for i in late]).answers_late
