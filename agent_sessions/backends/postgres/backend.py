@@ -1,0 +1,468 @@
+"""``PostgresBackend``: the ``Backend`` protocol on a PostgreSQL server, through psycopg 3."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+from ...clock import from_timestamp
+from ...codec import DecodedRows, decode_item, decode_rows
+from ...errors import InvalidArgumentError, InvalidIdentifierError
+from ...ids import positive_int
+from ...models import SessionStats
+from ...pruning import Item, cut_index, late_call_index
+from ..base import Owner, SessionKey, Totals
+from . import schema, sql
+from .batch import Batch
+from .errors import FullPruneNeeded, redact, translate_errors
+from .pool import connection_kwargs, mark_schema_ready, schema_lock, schema_ready, shared_pool
+from .transaction import transaction
+
+logger = logging.getLogger("agent_sessions")
+
+Connection = psycopg.AsyncConnection[Any]
+
+DEFAULT_STATEMENT_TIMEOUT = 30.0
+"""Seconds a statement may run, waiting for another writer's lock included."""
+
+
+def _db_time(seconds: float) -> datetime:
+    """POSIX seconds as the aware datetime stored: microseconds, as ``from_timestamp`` rounds.
+
+    So a stored time reads back as exactly the ``datetime`` SQLite's ``REAL`` column gives.
+    """
+    return from_timestamp(seconds)
+
+
+def _utc(value: datetime) -> datetime:
+    """A ``timestamptz`` read ``AT TIME ZONE 'UTC'`` (naive) as an aware UTC datetime."""
+    return value.replace(tzinfo=UTC)
+
+
+def _check_text(value: str, what: str) -> str:
+    # PostgreSQL text cannot hold NUL; SQLite can, so the shared validation lets it through.
+    if "\x00" in value:
+        raise InvalidIdentifierError(f"{what} contains a NUL character: {value!r}")
+    return value
+
+
+_MAX_TIMEOUT = 2_000_000.0
+"""Seconds; PostgreSQL's statement_timeout holds at most 2**31 - 1 milliseconds."""
+
+
+def _seconds(value: object, what: str, *, zero: bool = False) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 <= value <= _MAX_TIMEOUT
+        or (value == 0 and not zero)
+    ):
+        least = "from 0" if zero else "above 0"
+        raise InvalidArgumentError(
+            f"{what} must be a number of seconds {least} up to {_MAX_TIMEOUT:.0f}; got {value!r}"
+        )
+    return float(value)
+
+
+def _stats(row: Sequence[Any]) -> SessionStats:
+    session_id, user_id, conversation_id, created_at, last_activity, payloads = row
+    decoded = decode_rows(enumerate(payloads))
+    return SessionStats(
+        session_id=session_id,
+        user_id=user_id,
+        conversation_id=conversation_id,
+        message_count=len(decoded.items),
+        corrupt_items=len(decoded.corrupt_row_ids),
+        created_at=_utc(created_at),
+        last_activity=_utc(last_activity),
+    )
+
+
+class PostgresBackend:
+    """Sessions stored in a PostgreSQL database (or behind PgBouncer in transaction mode).
+
+    Every backend on the same URL in a process and event loop shares one connection pool
+    (see ``close_pools``). Each operation is one transaction; ``append_items`` usually takes
+    one round trip to the server.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        create: bool = True,
+        pool_min_size: int = 1,
+        pool_max_size: int = 10,
+        connect_timeout: float = 10.0,
+        statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
+    ) -> None:
+        """Configure the backend; nothing is opened yet.
+
+        Args:
+            url: A libpq URL (``postgresql://user:password@host:port/dbname``) or
+                ``key=value`` connection string.
+            create: Create the tables in a database that has none; with ``False`` such a
+                database raises ``StorageUnavailableError`` and is left unchanged.
+            pool_min_size: Connections the shared pool keeps open.
+            pool_max_size: Connections the shared pool may open.
+            connect_timeout: Seconds to wait for a connection (libpq rounds up to whole
+                seconds), and for a free one from the pool.
+            statement_timeout: Seconds each statement may run, lock waits included; ``0``
+                for no limit. Past it the operation raises ``StorageBusyError``.
+
+        Raises:
+            InvalidArgumentError: if a size or timeout is out of range, or ``url`` is empty.
+        """
+        if not isinstance(url, str) or not url.strip():
+            raise InvalidArgumentError(f"url must be a non-empty str, got {url!r}")
+        self._url = url
+        self._location = redact(url)
+        self._create = create
+        self._min_size = positive_int(pool_min_size, "pool_min_size", minimum=0)
+        self._max_size = positive_int(pool_max_size, "pool_max_size", minimum=max(1, pool_min_size))
+        self._connect_timeout = _seconds(connect_timeout, "connect_timeout")
+        self._statement_timeout = _seconds(statement_timeout, "statement_timeout", zero=True)
+
+    @property
+    def location(self) -> str:
+        """The URL without its password."""
+        return self._location
+
+    def __repr__(self) -> str:
+        return f"PostgresBackend({self._location!r})"
+
+    # --- lifecycle ---
+
+    async def open(self) -> None:
+        """Connect, and create or migrate the schema (once per process and URL); idempotent.
+
+        Raises:
+            StorageUnavailableError: if the server cannot be reached, or the database holds
+                no sessions and the backend was made with ``create=False``.
+            StorageError: if the schema is newer than this library, or the tables not ours.
+        """
+        if schema_ready(self._url):
+            return
+        async with schema_lock(self._url):
+            if schema_ready(self._url):
+                return
+            # A connection of its own, not the pool's: a server that cannot be reached fails
+            # here at once with libpq's reason, instead of after the pool's timeout.
+            with translate_errors(self._url):
+                conn = await psycopg.AsyncConnection.connect(
+                    self._url, **connection_kwargs(self._connect_timeout)
+                )
+                try:
+                    await schema.migrate(
+                        conn,
+                        self._location,
+                        create=self._create,
+                        statement_timeout=self._statement_timeout,
+                    )
+                finally:
+                    await conn.close()
+            mark_schema_ready(self._url)
+
+    async def close(self) -> None:
+        """Nothing to release: connections belong to the shared pool (see ``close_pools``)."""
+
+    @property
+    def holds_resources(self) -> bool:
+        """Always ``False``: the pool is shared, and closed by ``close_pools``."""
+        return False
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, *, snapshot: bool = False) -> AsyncIterator[Connection]:
+        """A pooled connection in one transaction; driver errors leave as ``StorageError``."""
+        await self.open()
+        with translate_errors(self._url):
+            pool = await shared_pool(
+                self._url,
+                min_size=self._min_size,
+                max_size=self._max_size,
+                connect_timeout=self._connect_timeout,
+            )
+            async with (
+                pool.connection() as conn,
+                transaction(conn, self._statement_timeout, snapshot=snapshot),
+            ):
+                yield conn
+
+    async def _fetchall(self, query: str, params: dict[str, Any]) -> list[Any]:
+        async with self._transaction() as conn:
+            cursor = await conn.execute(query, params)
+        return await cursor.fetchall()
+
+    # --- one session ---
+
+    async def read_items(self, session_id: str, limit: int | None) -> DecodedRows:
+        """A session's items, oldest first; ``None`` or a negative limit reads all.
+
+        ``limit=n > 0`` returns the newest ``n`` decodable items (the window widens past
+        corrupt rows); ``0`` returns none. An unknown session has no items.
+        """
+        sid = _check_text(session_id, "session_id")
+        if limit is None or limit < 0:
+            return decode_rows(await self._fetchall(sql.SELECT_ALL_ITEMS, {"sid": sid}))
+        if limit == 0:
+            return DecodedRows([], [])
+        window = limit
+        while True:
+            rows = await self._fetchall(sql.SELECT_NEWEST_ITEMS, {"sid": sid, "limit": window})
+            decoded = decode_rows(reversed(rows))
+            if len(decoded.items) >= limit or len(rows) < window:
+                return DecodedRows(decoded.items[-limit:], decoded.corrupt_row_ids)
+            window *= 2
+
+    async def stored_items(self, session_id: str) -> DecodedRows | None:
+        """All of a session's items, or ``None`` if no session has that id."""
+        sid = _check_text(session_id, "session_id")
+        async with self._transaction(snapshot=True) as conn:
+            exists = await conn.execute(sql.SESSION_EXISTS, {"sid": sid})
+            rows = await conn.execute(sql.SELECT_ALL_ITEMS, {"sid": sid})
+        if await exists.fetchone() is None:
+            return None
+        return decode_rows(await rows.fetchall())
+
+    async def append_items(
+        self,
+        key: SessionKey,
+        items: Sequence[Item],
+        payloads: Sequence[str],
+        now: float,
+        max_items: int,
+    ) -> int:
+        """Record activity, store the items and prune to ``max_items``, in one transaction.
+
+        As ``storage.append_items``: an output whose call is neither earlier in the batch
+        nor stored is left out with a warning. Usually one round trip: every statement and
+        the ``COMMIT`` go together, and the fast pruning rule runs in SQL. When the session
+        needs the full rule, the server refuses that transaction and it is done again,
+        reading the session to apply ``pruning.cut_index``.
+
+        Returns:
+            The number of items pruned.
+        """
+        sid = _check_text(key.session_id, "session_id")
+        batch = Batch.of(items, payloads)
+        try:
+            found, pruned = await self._append(key, batch, _db_time(now), max_items, strict=True)
+        except FullPruneNeeded:
+            found, pruned = await self._append(key, batch, _db_time(now), max_items, strict=False)
+        orphans, dropped = batch.dropped(found)
+        if orphans:
+            logger.warning(
+                "session %r: not storing %d output(s) whose call is no longer stored (%s); "
+                "the model would reject them",
+                sid,
+                dropped,
+                ", ".join(orphans),
+            )
+        return pruned
+
+    async def _append(
+        self, key: SessionKey, batch: Batch, now: datetime, max_items: int, *, strict: bool
+    ) -> tuple[set[str], int]:
+        """One attempt at ``append_items``: the stored calls found, and the items pruned."""
+        sid = key.session_id
+        n = len(batch.payloads)
+        found_calls = None
+        async with self._transaction() as conn:
+            await conn.execute(
+                sql.UPSERT_SESSION,
+                {
+                    "sid": sid,
+                    "user": key.user_id,
+                    "conv": key.conversation_id,
+                    "now": now,
+                    "n": n,
+                    "forget": batch.answers_late,
+                },
+            )
+            if batch.needing:
+                keys = sorted(batch.needing)
+                found_calls = await conn.execute(sql.FIND_STORED_CALLS, {"sid": sid, "keys": keys})
+                await conn.execute(
+                    sql.FORGET_IF_ANSWERED_LATE,
+                    {"sid": sid, "keys": keys, "late_keys": batch.late_if_stored},
+                )
+            await conn.execute(
+                sql.INSERT_ITEMS,
+                {
+                    "sid": sid,
+                    "n": n,
+                    "data": batch.payloads,
+                    "is_user": batch.is_user,
+                    "call_key": batch.call_keys,
+                    "needs": batch.needs,
+                },
+            )
+            state = await conn.execute(
+                sql.PRUNE_FAST, {"sid": sid, "max": max_items, "strict": strict}
+            )
+            # Strict: nothing is read before COMMIT, so the whole write is one round trip.
+            if not strict:
+                pruned = await _finish_prune(conn, sid, max_items, await state.fetchone())
+        if strict:
+            pruned = _fast_pruned(max_items, await state.fetchone())
+        found = set() if found_calls is None else {row[0] for row in await found_calls.fetchall()}
+        return found, pruned
+
+    async def pop_item(self, session_id: str, now: float) -> Item | None:
+        """Delete and return the newest decodable item, or ``None`` if there is none.
+
+        Corrupt rows are skipped, not deleted; the session's activity is recorded only when
+        an item is removed.
+        """
+        sid = _check_text(session_id, "session_id")
+        async with self._transaction() as conn:
+            await conn.execute(sql.LOCK_SESSION, {"sid": sid})
+            window = 1
+            while True:
+                cursor = await conn.execute(sql.SELECT_NEWEST_ITEMS, {"sid": sid, "limit": window})
+                rows = await cursor.fetchall()
+                for seq, data in rows:
+                    item = decode_item(data)
+                    if item is not None:
+                        await conn.execute(sql.DELETE_ITEM, {"sid": sid, "seq": seq})
+                        await conn.execute(sql.TOUCH_SESSION, {"sid": sid, "now": _db_time(now)})
+                        return item
+                if len(rows) < window:
+                    return None
+                window *= 4
+
+    async def delete_session(self, session_id: str) -> int | None:
+        """Delete a session and its items; the items deleted, or ``None`` if it did not exist."""
+        sid = _check_text(session_id, "session_id")
+        async with self._transaction() as conn:
+            # Locked first: a write waiting on the row cannot add items the deletes miss.
+            lock = await conn.execute(sql.LOCK_SESSION, {"sid": sid})
+            items = await conn.execute(sql.DELETE_SESSION_ITEMS, {"sid": sid})
+            await conn.execute(sql.DELETE_SESSION, {"sid": sid})
+        if await lock.fetchone() is None:
+            return None
+        row = await items.fetchone()
+        return int(row[0]) if row is not None else 0
+
+    async def session_owner(self, session_id: str) -> Owner | None:
+        """The stored owner of a session, or ``None`` if no session has that id."""
+        sid = _check_text(session_id, "session_id")
+        rows = await self._fetchall(sql.SELECT_OWNER, {"sid": sid})
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    async def prune_session(self, session_id: str, max_items: int) -> int | None:
+        """Apply the pruning rule now; the items deleted, or ``None`` for an unknown session."""
+        sid = _check_text(session_id, "session_id")
+        async with self._transaction() as conn:
+            await conn.execute(sql.LOCK_SESSION, {"sid": sid})
+            state = await conn.execute(
+                sql.PRUNE_FAST, {"sid": sid, "max": max_items, "strict": False}
+            )
+            row = await state.fetchone()
+            if row is None:
+                return None
+            return await _finish_prune(conn, sid, max_items, row)
+
+    # --- many sessions ---
+
+    async def session_stats(self, session_id: str) -> SessionStats | None:
+        """What is stored for one session, or ``None`` if no session has that id."""
+        sid = _check_text(session_id, "session_id")
+        rows = await self._fetchall(sql.SESSION_STATS, {"sid": sid})
+        return _stats(rows[0]) if rows else None
+
+    async def list_sessions(
+        self, user_id: str | None, limit: int, offset: int
+    ) -> list[SessionStats]:
+        """Sessions (of ``user_id``, or all), most recent activity first."""
+        if user_id is None:
+            rows = await self._fetchall(sql.LIST_SESSIONS, {"limit": limit, "offset": offset})
+        else:
+            rows = await self._fetchall(
+                sql.LIST_USER_SESSIONS,
+                {"user": _check_text(user_id, "user_id"), "limit": limit, "offset": offset},
+            )
+        return [_stats(row) for row in rows]
+
+    async def list_idle_sessions(self, cutoff: float, limit: int | None) -> list[SessionStats]:
+        """Sessions whose last activity is before ``cutoff``, oldest activity first."""
+        rows = await self._fetchall(
+            sql.LIST_IDLE_SESSIONS, {"cutoff": _db_time(cutoff), "limit": limit}
+        )
+        return [_stats(row) for row in rows]
+
+    async def session_ids(self) -> list[str]:
+        """Every session id, sorted (by code point)."""
+        return [row[0] for row in await self._fetchall(sql.SESSION_IDS, {})]
+
+    async def totals(self, active_since: float) -> Totals:
+        """Session and item counts, and how many sessions were active since the cutoff."""
+        rows = await self._fetchall(sql.TOTALS, {"since": _db_time(active_since)})
+        sessions, items, active = rows[0]
+        return Totals(sessions=int(sessions), items=int(items), active_sessions=int(active))
+
+    async def count_idle_sessions(self, cutoff: float) -> int:
+        """How many sessions' last activity is before ``cutoff``."""
+        rows = await self._fetchall(sql.COUNT_IDLE, {"cutoff": _db_time(cutoff)})
+        return int(rows[0][0])
+
+    async def delete_idle_batch(self, cutoff: float, batch_size: int) -> int:
+        """Delete up to ``batch_size`` sessions idle since before ``cutoff``, in one transaction.
+
+        Sessions another transaction holds (a write, another sweeper's batch) are skipped,
+        not waited for, and idleness is checked again under the row locks: a session written
+        meanwhile is kept whole. Returns the number of sessions deleted (0: none left).
+        """
+        params: dict[str, Any] = {"cutoff": _db_time(cutoff), "limit": batch_size}
+        async with self._transaction() as conn:
+            batch = await conn.execute(sql.LOCK_IDLE_BATCH, params)
+            params["ids"] = [row[0] for row in await batch.fetchall()]
+            if not params["ids"]:
+                return 0
+            await conn.execute(sql.DELETE_IDLE_ITEMS, params)
+            sessions = await conn.execute(sql.DELETE_IDLE_SESSIONS, params)
+        return sessions.rowcount
+
+    async def finish_cleanup(self) -> None:
+        """Nothing to do: PostgreSQL's autovacuum reclaims the space."""
+
+
+def _fast_pruned(max_items: int, row: Sequence[Any] | None) -> int:
+    """The items the fast path deleted (it applied: the strict statement did not raise)."""
+    assert row is not None  # the session row was just written
+    stored, _late, _cut, deleted = row[:4]
+    return 0 if stored <= max_items else int(deleted)
+
+
+async def _finish_prune(
+    conn: Connection, sid: str, max_items: int, row: Sequence[Any] | None
+) -> int:
+    """Complete ``sql.PRUNE_FAST``: the full rule where the fast path did not apply.
+
+    As ``storage.prune``: decode the whole session, cut where ``pruning.cut_index`` says, and
+    record the oldest call still answered late (0: none) for the next write.
+    """
+    assert row is not None  # the session row is locked
+    stored, late, cut, deleted = row[:4]
+    if stored <= max_items:
+        return 0
+    if late == 0 and cut is not None:
+        return int(deleted)
+    rows = await (await conn.execute(sql.SELECT_ALL_ITEMS, {"sid": sid})).fetchall()
+    items = [decode_item(data) for _, data in rows]
+    index = cut_index(items, max_items)
+    late_at = late_call_index(items[index:])
+    late_seq = 0 if late_at is None else rows[index + late_at][0]
+    await conn.execute(sql.SET_LATE_CALL, {"sid": sid, "late": late_seq})
+    if index == 0:
+        return 0
+    deleted_rows = await conn.execute(sql.DELETE_ITEMS_BEFORE, {"sid": sid, "seq": rows[index][0]})
+    result = await deleted_rows.fetchone()
+    return int(result[0]) if result is not None else 0

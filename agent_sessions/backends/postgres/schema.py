@@ -1,0 +1,158 @@
+"""The PostgreSQL schema: an ordered list of migrations, recorded in a table of our own.
+
+Migrations run in one transaction under a transaction-scoped advisory lock, and the version
+is read again once the lock is held: when many processes start at once, the first applies
+each step and the others find it done. Nothing outlives the transaction (no session-level
+lock or setting), so this works through PgBouncer in transaction mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from ...errors import StorageError, StorageUnavailableError
+from . import sql
+from .transaction import transaction
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema change, applied once inside the migrating transaction."""
+
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+_CREATE_TABLES = (
+    # session_id and user_id are COLLATE "C": equality and ordering by code point, as in
+    # Python and SQLite, whatever the database's default collation.
+    f"""CREATE TABLE {sql.SESSIONS} (
+        session_id text COLLATE "C" PRIMARY KEY,
+        user_id text COLLATE "C",
+        conversation_id text,
+        created_at timestamptz NOT NULL,
+        last_activity timestamptz NOT NULL,
+        next_seq bigint NOT NULL DEFAULT 1 CHECK (next_seq >= 1),
+        -- NULL: not known; 0: no call answered after a later user message is stored;
+        -- otherwise the seq of the oldest such call (see storage.LATE_CALL_NONE).
+        late_call_seq bigint CHECK (late_call_seq >= 0)
+    )""",
+    # message_data is text, not jsonb: payloads come back byte for byte. is_user and call_key
+    # are what pruning needs to know of an item without decoding it.
+    f"""CREATE TABLE {sql.ITEMS} (
+        session_id text COLLATE "C" NOT NULL REFERENCES {sql.SESSIONS} (session_id),
+        seq bigint NOT NULL,
+        message_data text NOT NULL,
+        is_user boolean NOT NULL,
+        call_key text COLLATE "C",
+        PRIMARY KEY (session_id, seq)
+    )""",
+    f"""CREATE INDEX {sql.SESSIONS}_user_activity
+        ON {sql.SESSIONS} (user_id, last_activity DESC, session_id)""",
+    f"CREATE INDEX {sql.SESSIONS}_activity ON {sql.SESSIONS} (last_activity)",
+    # Called by sql.PRUNE_FAST to abort a write whose prune needs the full rule.
+    f"""CREATE FUNCTION {sql.FULL_PRUNE_FUNCTION}() RETURNS bigint LANGUAGE plpgsql AS $fn$
+    BEGIN
+        RAISE EXCEPTION 'agent_sessions: this session needs the full pruning rule; '
+            'the client redoes the write'
+            USING ERRCODE = 'ASP01';
+    END
+    $fn$""",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "create the session and item tables", _CREATE_TABLES),
+)
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+async def _fetch_one(conn: psycopg.AsyncConnection[Any], query: str) -> Any:
+    row = await (await conn.execute(query)).fetchone()
+    return None if row is None else row[0]
+
+
+async def _tables(conn: psycopg.AsyncConnection[Any]) -> tuple[bool, bool]:
+    """Whether the schema table exists, and whether any of our session tables does."""
+    row = await (await conn.execute(sql.SELECT_TABLES)).fetchone()
+    assert row is not None
+    return bool(row[0]), bool(row[1] or row[2])
+
+
+async def _version(conn: psycopg.AsyncConnection[Any], location: str) -> int:
+    try:
+        return int(await _fetch_one(conn, sql.SELECT_VERSION) or 0)
+    except (psycopg.errors.UndefinedColumn, psycopg.errors.DatatypeMismatch, ValueError) as exc:
+        raise StorageError(
+            f"PostgreSQL database {location!r} has a table {sql.SCHEMA} that agent_sessions "
+            "did not write",
+            path=location,
+        ) from exc
+
+
+def _check_not_newer(version: int, location: str) -> None:
+    if version > LATEST_VERSION:
+        raise StorageError(
+            f"PostgreSQL database {location!r} has agent_sessions schema version {version}, "
+            f"newer than this agent_sessions supports ({LATEST_VERSION}); upgrade agent_sessions",
+            path=location,
+        )
+
+
+async def migrate(
+    conn: psycopg.AsyncConnection[Any], location: str, *, create: bool, statement_timeout: float
+) -> int:
+    """Bring the schema up to ``LATEST_VERSION`` on an autocommit connection.
+
+    Args:
+        conn: An autocommit connection (its own, or through PgBouncer).
+        location: The redacted URL, for messages.
+        create: Create the tables in a database that has none; with ``False`` such a
+            database is refused and left unchanged.
+        statement_timeout: Seconds any statement (the lock wait included) may take.
+
+    Returns:
+        The number of migrations applied by this call.
+
+    Raises:
+        StorageUnavailableError: if ``create`` is ``False`` and the database holds no sessions.
+        StorageError: if the schema is newer than this library, or the tables are not ours.
+    """
+    has_schema, has_tables = await _tables(conn)
+    if has_schema:
+        version = await _version(conn, location)
+        _check_not_newer(version, location)
+        if version == LATEST_VERSION:
+            return 0
+    elif not create:
+        raise StorageUnavailableError(
+            f"PostgreSQL database {location!r} holds no sessions (no {sql.SCHEMA} table); "
+            "it was left as it was",
+            path=location,
+        )
+    if has_tables and not has_schema:
+        raise StorageError(
+            f"PostgreSQL database {location!r} has a table {sql.SESSIONS} or {sql.ITEMS} "
+            f"that agent_sessions did not create (there is no {sql.SCHEMA} table)",
+            path=location,
+        )
+    applied = 0
+    async with transaction(conn, statement_timeout):
+        await conn.execute(sql.LOCK_FOR_MIGRATION, {"key": sql.MIGRATION_LOCK_KEY})
+        await conn.execute(sql.CREATE_SCHEMA_TABLE)
+        current = await _version(conn, location)  # again: another process may have migrated
+        _check_not_newer(current, location)
+        for migration in MIGRATIONS:
+            if migration.version <= current:
+                continue
+            for statement in migration.statements:
+                await conn.execute(statement)
+            await conn.execute(
+                sql.RECORD_MIGRATION,
+                {"version": migration.version, "description": migration.description},
+            )
+            applied += 1
+    return applied

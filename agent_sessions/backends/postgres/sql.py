@@ -1,0 +1,191 @@
+"""Every statement the PostgreSQL backend runs, by name; values are always parameters.
+
+Tables are named apart from the SDK's ``SQLAlchemySession`` tables (``agent_sessions``,
+``agent_messages``), which may live in the same database, and are found through the
+connection's ``search_path``. Times are ``timestamptz``, read back ``AT TIME ZONE 'UTC'`` so
+the server's ``TimeZone`` setting never matters.
+
+Every writer of a session's items first locks the session's row, so within a write
+transaction the items read are exactly the ones stored: nothing else can change them.
+"""
+
+from __future__ import annotations
+
+SESSIONS = "agent_sessions_session"
+ITEMS = "agent_sessions_item"
+SCHEMA = "agent_sessions_schema"
+FULL_PRUNE_FUNCTION = "agent_sessions_full_prune_needed"
+
+# --- transactions ---------------------------------------------------------------------------
+
+BEGIN = "BEGIN"
+BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ"
+COMMIT = "COMMIT"
+# set_config(..., true) is SET LOCAL with a parameter: it ends with the transaction, so a
+# PgBouncer in transaction mode hands the server connection on unchanged.
+SET_STATEMENT_TIMEOUT = "SELECT set_config('statement_timeout', %(timeout)s, true)"
+
+# --- schema ---------------------------------------------------------------------------------
+
+MIGRATION_LOCK_KEY = 0x6167656E745F7365  # b"agent_se": one advisory lock id for migrations
+LOCK_FOR_MIGRATION = "SELECT pg_advisory_xact_lock(%(key)s)"
+SELECT_TABLES = (
+    f"SELECT to_regclass('{SCHEMA}') IS NOT NULL, to_regclass('{SESSIONS}') IS NOT NULL, "
+    f"to_regclass('{ITEMS}') IS NOT NULL"
+)
+SELECT_VERSION = f"SELECT max(version) FROM {SCHEMA}"
+CREATE_SCHEMA_TABLE = f"""
+    CREATE TABLE IF NOT EXISTS {SCHEMA} (
+        version integer PRIMARY KEY,
+        description text NOT NULL,
+        applied_at timestamptz NOT NULL DEFAULT now()
+    )"""
+RECORD_MIGRATION = (
+    f"INSERT INTO {SCHEMA} (version, description) VALUES (%(version)s, %(description)s)"
+)
+
+# --- one session: writes ------------------------------------------------------------------
+
+# The upsert takes the session row's lock whether it inserts or updates, so the first two
+# concurrent writes to a new session queue on it instead of failing on the primary key.
+# It reserves seqs next_seq .. next_seq + n - 1 for the batch; a new session holds no call
+# answered late (late_call_seq 0), unless this very batch answers one.
+UPSERT_SESSION = f"""
+    INSERT INTO {SESSIONS} AS s
+        (session_id, user_id, conversation_id, created_at, last_activity, next_seq, late_call_seq)
+    VALUES (
+        %(sid)s, %(user)s, %(conv)s, %(now)s, %(now)s, 1 + %(n)s,
+        CASE WHEN %(forget)s THEN NULL ELSE 0 END
+    )
+    ON CONFLICT (session_id) DO UPDATE SET
+        last_activity = greatest(s.last_activity, excluded.last_activity),
+        user_id = coalesce(s.user_id, excluded.user_id),
+        conversation_id = coalesce(s.conversation_id, excluded.conversation_id),
+        next_seq = s.next_seq + %(n)s,
+        late_call_seq = CASE WHEN %(forget)s THEN NULL ELSE s.late_call_seq END"""
+
+# The newest stored call of each key an output in the batch needs (read before the insert).
+_STORED_CALLS = f"""
+    SELECT call_key, max(seq) AS seq FROM {ITEMS}
+    WHERE session_id = %(sid)s AND call_key = ANY(%(keys)s::text[])
+    GROUP BY call_key"""
+FIND_STORED_CALLS = f"SELECT call_key FROM ({_STORED_CALLS}) AS c"
+# The stored part of ``pruning.answers_late``: a stored call answered by this batch after a
+# user message (``late_keys``: outputs with one before them in the batch, or one themselves),
+# or a stored user message at or after the newest stored call of a key the batch answers
+# (as ``storage._find_stored_calls`` scans it: a user row that is the call counts).
+FORGET_IF_ANSWERED_LATE = f"""
+    UPDATE {SESSIONS} SET late_call_seq = NULL
+    WHERE session_id = %(sid)s AND EXISTS (
+        SELECT 1 FROM ({_STORED_CALLS}) AS c
+        WHERE c.call_key = ANY(%(late_keys)s::text[]) OR EXISTS (
+            SELECT 1 FROM {ITEMS} AS u
+            WHERE u.session_id = %(sid)s AND u.is_user AND u.seq >= c.seq
+        )
+    )"""
+# Seqs come from the locked row the upsert just advanced, not from its result: the statements
+# go to the server together. An output whose call is neither earlier in the batch nor stored
+# (``needs`` names the call it needs) is left out.
+INSERT_ITEMS = f"""
+    INSERT INTO {ITEMS} (session_id, seq, message_data, is_user, call_key)
+    SELECT s.session_id, s.next_seq - %(n)s + b.ord - 1, b.data, b.is_user, b.call_key
+    FROM {SESSIONS} AS s,
+        unnest(%(data)s::text[], %(is_user)s::boolean[], %(call_key)s::text[], %(needs)s::text[])
+            WITH ORDINALITY AS b(data, is_user, call_key, needs, ord)
+    WHERE s.session_id = %(sid)s AND (
+        b.needs IS NULL OR EXISTS (
+            SELECT 1 FROM {ITEMS} AS c WHERE c.session_id = %(sid)s AND c.call_key = b.needs
+        )
+    )"""
+# The pruning fast path, as storage.prune takes it: when the session holds more than ``max``
+# items and no call answered late (late_call_seq 0), cut at the first user message among the
+# newest ``max``. Returns (stored, late, cut, deleted). With ``strict``, a session that needs
+# the full rule raises FULL_PRUNE_SQLSTATE instead, which aborts the transaction (the client
+# redoes it on the full path): that is what lets a write be sent with its COMMIT at once.
+PRUNE_FAST = f"""
+    WITH state AS (
+        SELECT s.late_call_seq AS late,
+            (SELECT count(*) FROM {ITEMS} AS i WHERE i.session_id = s.session_id) AS stored,
+            (SELECT min(w.seq) FROM (
+                SELECT i.seq, i.is_user FROM {ITEMS} AS i WHERE i.session_id = s.session_id
+                ORDER BY i.seq DESC LIMIT %(max)s
+            ) AS w WHERE w.is_user) AS cut
+        FROM {SESSIONS} AS s WHERE s.session_id = %(sid)s
+    ), pruned AS (
+        DELETE FROM {ITEMS} AS i USING state
+        WHERE i.session_id = %(sid)s AND state.stored > %(max)s AND state.late = 0
+            AND i.seq < state.cut
+        RETURNING 1
+    )
+    SELECT state.stored, state.late, state.cut, (SELECT count(*) FROM pruned),
+        CASE WHEN %(strict)s AND state.stored > %(max)s
+            AND (state.late IS DISTINCT FROM 0 OR state.cut IS NULL)
+        THEN {FULL_PRUNE_FUNCTION}() END
+    FROM state"""
+SET_LATE_CALL = f"UPDATE {SESSIONS} SET late_call_seq = %(late)s WHERE session_id = %(sid)s"
+DELETE_ITEMS_BEFORE = f"""
+    WITH d AS (DELETE FROM {ITEMS} WHERE session_id = %(sid)s AND seq < %(seq)s RETURNING 1)
+    SELECT count(*) FROM d"""
+LOCK_SESSION = f"SELECT 1 FROM {SESSIONS} WHERE session_id = %(sid)s FOR UPDATE"
+DELETE_ITEM = f"DELETE FROM {ITEMS} WHERE session_id = %(sid)s AND seq = %(seq)s"
+TOUCH_SESSION = (
+    f"UPDATE {SESSIONS} SET last_activity = greatest(last_activity, %(now)s) "
+    "WHERE session_id = %(sid)s"
+)
+DELETE_SESSION_ITEMS = f"""
+    WITH d AS (DELETE FROM {ITEMS} WHERE session_id = %(sid)s RETURNING 1)
+    SELECT count(*) FROM d"""
+DELETE_SESSION = f"DELETE FROM {SESSIONS} WHERE session_id = %(sid)s"
+
+# --- one session: reads ---------------------------------------------------------------------
+
+SELECT_ALL_ITEMS = f"SELECT seq, message_data FROM {ITEMS} WHERE session_id = %(sid)s ORDER BY seq"
+SELECT_NEWEST_ITEMS = (
+    f"SELECT seq, message_data FROM {ITEMS} WHERE session_id = %(sid)s "
+    "ORDER BY seq DESC LIMIT %(limit)s"
+)
+SESSION_EXISTS = f"SELECT 1 FROM {SESSIONS} WHERE session_id = %(sid)s"
+SELECT_OWNER = f"SELECT user_id, conversation_id FROM {SESSIONS} WHERE session_id = %(sid)s"
+
+# --- many sessions --------------------------------------------------------------------------
+
+# session_id is COLLATE "C": ORDER BY it is code point order, as Python's sorted() and SQLite.
+_STATS = f"""
+    SELECT s.session_id, s.user_id, s.conversation_id,
+        s.created_at AT TIME ZONE 'UTC', s.last_activity AT TIME ZONE 'UTC',
+        ARRAY(SELECT i.message_data FROM {ITEMS} AS i
+              WHERE i.session_id = s.session_id ORDER BY i.seq)
+    FROM {SESSIONS} AS s"""
+SESSION_STATS = f"{_STATS} WHERE s.session_id = %(sid)s"
+LIST_SESSIONS = (
+    f"{_STATS} ORDER BY s.last_activity DESC, s.session_id LIMIT %(limit)s OFFSET %(offset)s"
+)
+LIST_USER_SESSIONS = (
+    f"{_STATS} WHERE s.user_id = %(user)s "
+    "ORDER BY s.last_activity DESC, s.session_id LIMIT %(limit)s OFFSET %(offset)s"
+)
+# LIMIT NULL is no limit.
+LIST_IDLE_SESSIONS = (
+    f"{_STATS} WHERE s.last_activity < %(cutoff)s "
+    "ORDER BY s.last_activity, s.session_id LIMIT %(limit)s"
+)
+SESSION_IDS = f"SELECT session_id FROM {SESSIONS} ORDER BY session_id"
+TOTALS = (
+    f"SELECT (SELECT count(*) FROM {SESSIONS}), (SELECT count(*) FROM {ITEMS}), "
+    f"(SELECT count(*) FROM {SESSIONS} WHERE last_activity >= %(since)s)"
+)
+COUNT_IDLE = f"SELECT count(*) FROM {SESSIONS} WHERE last_activity < %(cutoff)s"
+
+# Cleanup: SKIP LOCKED, so sweepers running at once take disjoint batches and never wait on
+# each other or on a session being written. The deletes re-check idleness under the locks.
+LOCK_IDLE_BATCH = f"""
+    SELECT session_id FROM {SESSIONS} WHERE last_activity < %(cutoff)s
+    ORDER BY last_activity LIMIT %(limit)s FOR UPDATE SKIP LOCKED"""
+DELETE_IDLE_ITEMS = f"""
+    DELETE FROM {ITEMS} WHERE session_id IN (
+        SELECT session_id FROM {SESSIONS}
+        WHERE session_id = ANY(%(ids)s::text[]) AND last_activity < %(cutoff)s
+    )"""
+DELETE_IDLE_SESSIONS = f"""
+    DELETE FROM {SESSIONS}
+    WHERE session_id = ANY(%(ids)s::text[]) AND last_activity < %(cutoff)s"""
