@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO, cast
 
+from .backends import is_url, open_backend
+from .copying import CopyReport
 from .errors import (
     AgentSessionsError,
     InvalidArgumentError,
@@ -26,7 +28,7 @@ from .errors import (
 from .ids import MAX_COUNT
 from .manager import SessionManager
 from .models import SessionStats
-from .settings import MAX_RETENTION_DAYS, AgentSessionSettings, load_settings
+from .settings import MAX_RETENTION_DAYS, AgentSessionSettings, load_settings, pool_options
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -61,11 +63,12 @@ def _integer(minimum: int, maximum: int = MAX_COUNT) -> Callable[[str], int]:
     return parse
 
 
-def _database_path(text: str) -> Path:
+def _database_target(text: str) -> str | Path:
+    """A SQLite path, or a server URL kept as text (``Path`` would fold its ``//``)."""
     # Path("") is the working directory: an empty --db is a mistake, not a folder to open.
     if not text.strip():
         raise argparse.ArgumentTypeError("the database path must not be empty")
-    return Path(text)
+    return text if is_url(text) else Path(text)
 
 
 _positive = _integer(1)
@@ -81,9 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--db",
-        metavar="PATH",
-        type=_database_path,
-        help="SQLite database (default: AGENT_SESSION_DB_PATH or ./data/agent_sessions.db)",
+        metavar="PATH_OR_URL",
+        type=_database_target,
+        help="SQLite file or postgresql:// URL (default: AGENT_SESSION_DATABASE_URL, else "
+        "AGENT_SESSION_DB_PATH, else ./data/agent_sessions.db)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
@@ -124,6 +128,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("daemon", help="run the scheduled cleanup until SIGINT/SIGTERM")
+
+    commands.add_parser(
+        "migrate", help="create the tables or apply pending schema migrations, then exit"
+    )
+
+    copy = commands.add_parser(
+        "copy", help="copy every session between databases (resumable, verified)"
+    )
+    copy.add_argument(
+        "--from",
+        dest="source",
+        metavar="PATH_OR_URL",
+        required=True,
+        type=_database_target,
+        help="the database to copy from (not changed)",
+    )
+    copy.add_argument(
+        "--to",
+        dest="destination",
+        metavar="PATH_OR_URL",
+        required=True,
+        type=_database_target,
+        help="the database to copy into (created if needed)",
+    )
+    copy.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
@@ -355,7 +384,52 @@ _COMMANDS: dict[str, Callable[[SessionManager, argparse.Namespace, TextIO], Awai
 }
 
 
+async def _migrate(settings: AgentSessionSettings, out: TextIO) -> int:
+    backend = open_backend(settings.database, create=True, offload=True)
+    try:
+        applied, version = await backend.migrate()
+    finally:
+        await backend.close()
+    out.write(f"{backend.location}: applied {applied} migration(s); schema version {version}\n")
+    return EXIT_OK
+
+
+async def _copy(settings: AgentSessionSettings, args: argparse.Namespace, out: TextIO) -> int:
+    from .copying import copy_database
+
+    def progress(report: CopyReport) -> None:
+        done = report.copied + report.skipped
+        if done % 1000 == 0:
+            print(f"agent-sessions: copy: {done} session(s) so far", file=sys.stderr)
+
+    report = await copy_database(
+        args.source, args.destination, pool=pool_options(settings), progress=progress
+    )
+    summary = {
+        "from": report.source,
+        "to": report.destination,
+        "sessions_copied": report.copied,
+        "sessions_already_there": report.skipped,
+        "items": report.items,
+        "corrupt_rows_left_out": report.corrupt_rows,
+        "sessions_deleted_meanwhile": report.vanished,
+        "mismatched": report.mismatched,
+        "verified": not report.mismatched,
+    }
+    if args.json:
+        out.write(json.dumps(summary, indent=2) + "\n")
+    else:
+        _fields({k: v for k, v in summary.items() if k != "mismatched"}, out)
+        for session_id in report.mismatched:
+            out.write(f"mismatched: {session_id} (written to during the copy; run it again)\n")
+    return EXIT_OK if not report.mismatched else EXIT_FAILURE
+
+
 async def _run(settings: AgentSessionSettings, args: argparse.Namespace, out: TextIO) -> int:
+    if args.command == "migrate":
+        return await _migrate(settings, out)
+    if args.command == "copy":
+        return await _copy(settings, args, out)
     if args.command == "daemon":
         from .scheduler import run_daemon  # APScheduler is only needed here
 
@@ -437,8 +511,10 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         settings = load_settings()
-        if args.db is not None:
-            settings = settings.model_copy(update={"db_path": args.db})
+        if isinstance(args.db, str):  # a URL
+            settings = settings.model_copy(update={"database_url": args.db})
+        elif args.db is not None:  # a path wins over AGENT_SESSION_DATABASE_URL too
+            settings = settings.model_copy(update={"db_path": args.db, "database_url": None})
         code = asyncio.run(_run(settings, args, output))
         output.flush()
         return code

@@ -23,7 +23,13 @@ from .errors import (
 )
 from .ids import normalize_identifier, positive_int
 from .models import SessionStats
-from .settings import MAX_RETENTION_DAYS, AgentSessionSettings, resolve_setting
+from .settings import (
+    MAX_RETENTION_DAYS,
+    AgentSessionSettings,
+    pool_options,
+    resolve_database,
+    resolve_setting,
+)
 
 logger = logging.getLogger("agent_sessions")
 
@@ -70,6 +76,7 @@ class SessionManager:
         self,
         db_path: str | Path | None = None,
         *,
+        database_url: str | None = None,
         max_messages: int | None = None,
         retention_days: int | None = None,
         settings: AgentSessionSettings | None = None,
@@ -80,7 +87,9 @@ class SessionManager:
         """Configure the manager; nothing is opened yet.
 
         Args:
-            db_path: SQLite file; defaults to the settings' ``db_path``.
+            db_path: SQLite file, or a ``postgresql://`` URL; defaults to the settings'
+                ``database_url`` if set, else their ``db_path``.
+            database_url: A ``postgresql://`` URL (instead of ``db_path``).
             max_messages: Bound applied by ``prune_session_messages``; defaults to settings.
             retention_days: Idle days before cleanup deletes a session; defaults to settings.
             settings: Settings to use instead of ``get_settings()``.
@@ -94,7 +103,7 @@ class SessionManager:
             InvalidArgumentError: if a number is not a positive integer, or ``db_path`` is not
                 a file path (``":memory:"`` included).
         """
-        target = resolve_setting(db_path, "db_path", settings)
+        target = resolve_database(db_path, database_url, settings)
         if target == ":memory:":
             # Each connection to ":memory:" is a new, empty database: none of the sessions.
             raise InvalidArgumentError(
@@ -110,7 +119,9 @@ class SessionManager:
             maximum=MAX_RETENTION_DAYS,
         )
         self.cleanup_batch_size = positive_int(cleanup_batch_size, "cleanup_batch_size")
-        self._backend: Backend = open_backend(target, create=create, offload=True)  # type: ignore[arg-type]
+        self._backend: Backend = open_backend(
+            target, create=create, offload=True, pool=pool_options(settings)
+        )
         self.db_path = self._backend.location
         # Kept for the scheduler, which takes the schedule (hour, minute, zone) from them.
         self.settings = settings

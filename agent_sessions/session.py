@@ -15,23 +15,25 @@ from typing import Any, Self
 
 from agents import SQLiteSession
 from agents.items import TResponseInputItem
-from agents.memory import SessionSettings
+from agents.memory import SessionABC, SessionSettings
 from agents.memory.session_settings import coerce_session_settings, resolve_session_limit
 
 from . import codec
+from .backends import is_url, open_backend
 from .backends.base import Backend, SessionKey
 from .backends.sqlite import SQLiteBackend
 from .backends.sqlite.schema import MESSAGES_TABLE, SESSIONS_TABLE
 from .clock import Clock, now_timestamp, utc_now
 from .errors import (
     AgentSessionsError,
+    InvalidArgumentError,
     InvalidItemError,
     SessionClosedError,
     StorageError,
     TurnLockTimeoutError,
 )
 from .ids import get_session_id, normalize_identifier, optional_limit, positive_int, seconds
-from .settings import AgentSessionSettings, resolve_setting
+from .settings import AgentSessionSettings, pool_options, resolve_database, resolve_setting
 
 logger = logging.getLogger("agent_sessions")
 
@@ -359,30 +361,149 @@ class AgentSession(BoundedSessionMixin, SQLiteSession):
         )
 
 
+class PostgresSession(BoundedSessionMixin, SessionABC):
+    """``AgentSession`` on PostgreSQL: the same history, pruning and extras, on a server.
+
+    Implements the SDK's session protocol; pass it as ``session=`` to ``Runner.run``. All
+    sessions of a process share one connection pool per database (see settings), so
+    opening one per request costs nothing. Needs ``pip install 'agent-sessions[postgres]'``.
+
+    Attributes:
+        user_id: The user's id, as a string.
+        conversation_id: The conversation's id, as a string.
+        session_id: ``get_session_id(user_id, conversation_id)``.
+        max_messages: How many items are kept after each write.
+        database_url: The database's URL, without its password.
+    """
+
+    def __init__(
+        self,
+        user_id: str | uuid.UUID,
+        conversation_id: str | uuid.UUID,
+        *,
+        database_url: str | None = None,
+        max_messages: int | None = None,
+        settings: AgentSessionSettings | None = None,
+        session_settings: SessionSettings | dict[str, Any] | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        """Make the session; the database is reached on first use.
+
+        Args:
+            user_id: The user's id (``uuid.UUID`` or a printable string, at most 128 chars).
+            conversation_id: The conversation's id, with the same rules.
+            database_url: A ``postgresql://`` URL; defaults to the settings' ``database_url``.
+            max_messages: Items kept after each write; defaults to the settings'.
+            settings: Settings to use instead of ``get_settings()``.
+            session_settings: The SDK's ``SessionSettings`` (e.g. a read ``limit``).
+            clock: Returns the current aware datetime; activity times are taken from it.
+
+        Raises:
+            InvalidIdentifierError: if an id is unusable.
+            InvalidArgumentError: if ``max_messages`` is not a positive integer, or no
+                ``postgresql://`` URL is given or set.
+            ConfigurationError: if the ``postgres`` extra is not installed.
+        """
+        user = normalize_identifier(user_id, "user_id")
+        conversation = normalize_identifier(conversation_id, "conversation_id")
+        url = resolve_setting(database_url, "database_url", settings)
+        if not isinstance(url, str) or not is_url(url):
+            raise InvalidArgumentError(
+                "PostgresSession needs a postgresql:// URL: pass database_url= or set "
+                "AGENT_SESSION_DATABASE_URL"
+            )
+        self.user_id = user
+        self.conversation_id = conversation
+        self.session_id = get_session_id(user, conversation)
+        self.max_messages = positive_int(
+            resolve_setting(max_messages, "max_messages", settings), "max_messages"
+        )
+        self.session_settings = (
+            coerce_session_settings(session_settings)
+            if session_settings is not None
+            else SessionSettings()
+        )
+        self._backend = open_backend(url, pool=pool_options(settings))
+        self.database_url = self._backend.location
+        self._key = SessionKey(self.session_id, user, conversation)
+        self._clock = clock or utc_now
+        self._closed = False
+
+    def close(self) -> None:
+        """Mark the session closed; it cannot be used afterwards. Idempotent.
+
+        The connection pool is shared by every session of the process and stays open.
+        """
+        self._closed = True
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(user_id={self.user_id!r}, "
+            f"conversation_id={self.conversation_id!r}, database_url={self.database_url!r}, "
+            f"max_messages={self.max_messages})"
+        )
+
+
 def get_agent_session(
     user_id: str | uuid.UUID,
     conversation_id: str | uuid.UUID,
     *,
     db_path: str | Path | None = None,
+    database_url: str | None = None,
     max_messages: int | None = None,
     settings: AgentSessionSettings | None = None,
     session_settings: SessionSettings | dict[str, Any] | None = None,
     clock: Clock | None = None,
-) -> AgentSession:
-    """Return the ``AgentSession`` for a (user, conversation) pair, configured from settings.
+) -> AgentSession | PostgresSession:
+    """Return the session for a (user, conversation) pair, configured from settings.
 
-    Takes the same keyword arguments as ``AgentSession``; those given win over the
+    A ``PostgresSession`` when a ``postgresql://`` URL is given (``database_url=``, or as
+    ``db_path=``) or set (``AGENT_SESSION_DATABASE_URL``), else an ``AgentSession`` on the
+    SQLite file. Takes the constructors' keyword arguments; those given win over the
     settings (``settings``, else ``get_settings()``).
 
     Raises:
         InvalidIdentifierError: if an id is unusable.
         InvalidArgumentError: if an argument is out of range or of the wrong type.
-        StorageError: (a subclass) naming the path if the database cannot be opened.
+        StorageError: (a subclass) naming the path if the SQLite file cannot be opened.
     """
+    target = resolve_database(db_path, database_url, settings)
+    if is_url(target):
+        return PostgresSession(
+            user_id,
+            conversation_id,
+            database_url=str(target),
+            max_messages=max_messages,
+            settings=settings,
+            session_settings=session_settings,
+            clock=clock,
+        )
     return AgentSession(
         user_id,
         conversation_id,
-        db_path=db_path,
+        db_path=target,  # type: ignore[arg-type]
         max_messages=max_messages,
         settings=settings,
         session_settings=session_settings,

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import TypeVar
+from typing import Self, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .backends import PoolOptions
 from .errors import ConfigurationError, InvalidArgumentError
 from .ids import MAX_COUNT
 
 ENV_PREFIX = "AGENT_SESSION_"
+POSTGRES_URL_PREFIXES = ("postgresql://", "postgres://")
 MAX_RETENTION_DAYS = 36_500  # a century; anything larger is a typo, and cutoffs stay in range
 
 T = TypeVar("T")
@@ -52,6 +54,29 @@ class AgentSessionSettings(BaseSettings):
     cleanup_hour: int = Field(default=2, ge=0, le=23, description="Hour of the daily cleanup.")
     cleanup_minute: int = Field(default=0, ge=0, le=59, description="Minute of the daily cleanup.")
     timezone: str = Field(default="UTC", description="IANA time zone of the cleanup schedule.")
+    database_url: str | None = Field(
+        default=None,
+        repr=False,  # it may hold a password
+        description="PostgreSQL URL (postgresql://...); when set, used instead of db_path.",
+    )
+    pool_min_size: int = Field(
+        default=1, ge=0, le=10_000, description="PostgreSQL connections each process keeps open."
+    )
+    pool_max_size: int = Field(
+        default=10, ge=1, le=10_000, description="PostgreSQL connections each process may open."
+    )
+    pool_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Seconds to wait for a PostgreSQL connection (to connect, or a free one).",
+    )
+    statement_timeout: float = Field(
+        default=30.0,
+        ge=0,
+        le=2_000_000,
+        description="Seconds a PostgreSQL statement may run, lock waits included (0: no limit).",
+    )
 
     @field_validator("db_path", mode="before")
     @classmethod
@@ -68,6 +93,29 @@ class AgentSessionSettings(BaseSettings):
         if value > MAX_COUNT:
             raise ValueError("max_messages is too large")
         return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None  # an empty variable means "not set"
+        if not value.startswith(POSTGRES_URL_PREFIXES):
+            raise ValueError("database_url must start with postgresql:// or postgres://")
+        return value
+
+    @model_validator(mode="after")
+    def _pool_sizes_agree(self) -> Self:
+        if self.pool_max_size < self.pool_min_size:
+            raise ValueError(
+                f"pool_max_size ({self.pool_max_size}) is smaller than pool_min_size "
+                f"({self.pool_min_size})"
+            )
+        return self
+
+    @property
+    def database(self) -> str | Path:
+        """Where sessions live: ``database_url`` when set, else ``db_path``."""
+        return self.database_url if self.database_url is not None else self.db_path
 
     @field_validator("timezone")
     @classmethod
@@ -90,6 +138,8 @@ def load_settings() -> AgentSessionSettings:
     except ValidationError as exc:
         problems = "; ".join(
             f"{ENV_PREFIX}{'.'.join(str(p) for p in error['loc']).upper()}: {error['msg']}"
+            if error["loc"]
+            else error["msg"]
             for error in exc.errors()
         )
         raise ConfigurationError(f"invalid agent_sessions settings: {problems}") from exc
@@ -104,6 +154,37 @@ def get_settings() -> AgentSessionSettings:
     Call ``get_settings.cache_clear()`` after changing the environment.
     """
     return load_settings()
+
+
+def resolve_database(
+    db_path: object, database_url: object, settings: AgentSessionSettings | None
+) -> object:
+    """The database to use, the first given of these.
+
+    An explicit ``db_path`` (a path or URL), ``database_url``, the settings'
+    ``database_url``, their ``db_path``.
+
+    Raises:
+        InvalidArgumentError: if both are given, or ``settings`` is not settings.
+    """
+    if db_path is not None and database_url is not None:
+        raise InvalidArgumentError("pass db_path or database_url, not both")
+    if db_path is not None:
+        return db_path
+    if database_url is not None:
+        return database_url
+    return resolve_setting(None, "database", settings)
+
+
+def pool_options(settings: AgentSessionSettings | None) -> PoolOptions:
+    """The PostgreSQL pool's sizes and timeouts from the settings (``get_settings()``)."""
+    chosen = settings if settings is not None else get_settings()
+    return PoolOptions(
+        min_size=chosen.pool_min_size,
+        max_size=chosen.pool_max_size,
+        timeout=chosen.pool_timeout,
+        statement_timeout=chosen.statement_timeout,
+    )
 
 
 def resolve_setting(value: T | None, name: str, settings: AgentSessionSettings | None) -> T:

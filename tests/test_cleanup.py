@@ -229,7 +229,7 @@ async def test_batches_delete_every_idle_session(db_path: Path, clock: FakeClock
     batches = [
         re.findall(r"'(user_u_conv_[^']+)'", sql)
         for sql in statements
-        if sql.startswith("DELETE FROM agent_sessions")
+        if sql.startswith("DELETE FROM agent_sessions WHERE")
     ]
     transactions = [sql for sql in statements if sql.startswith("BEGIN")]
     assert len(batches[0]) == 3, f"the first batch is cleanup_batch_size: {batches[0]}"

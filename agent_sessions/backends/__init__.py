@@ -8,44 +8,83 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 
-from ..errors import InvalidArgumentError
+from ..errors import ConfigurationError, InvalidArgumentError
 from .base import Backend
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 
-def is_url(target: str | os.PathLike[str]) -> bool:
+def is_url(target: object) -> bool:
     """Whether ``target`` is a server URL (``scheme://...``) rather than a SQLite path."""
     text = os.fspath(target) if isinstance(target, os.PathLike) else target
     match = _URL.match(text) if isinstance(text, str) else None
     return match is not None and match.group(1).lower() != "file"
 
 
+@dataclass(frozen=True)
+class PoolOptions:
+    """How a server backend's shared connection pool is sized and timed (see settings)."""
+
+    min_size: int = 1
+    max_size: int = 10
+    timeout: float = 10.0
+    """Seconds to wait for a connection: to connect, or for a free one."""
+    statement_timeout: float = 30.0
+    """Seconds a statement may run, lock waits included; ``0`` for no limit."""
+
+
 def open_backend(
-    target: str | os.PathLike[str], *, create: bool = True, offload: bool = False
+    target: object,
+    *,
+    create: bool = True,
+    offload: bool = False,
+    pool: PoolOptions | None = None,
 ) -> Backend:
     """The backend for a database target: a SQLite path, or a ``postgresql://`` URL.
 
     Args:
-        target: A SQLite file path (or ``":memory:"``), or a server URL.
+        target: A SQLite file path (or ``":memory:"``), or a ``postgresql://`` URL.
         create: Create the database's tables if needed; with ``False`` refuse a database
             without them.
-        offload: SQLite only: run operations in worker threads (the manager's choice).
+        offload: SQLite only: run operations in a worker thread (the manager's choice).
+        pool: PostgreSQL only: the shared pool's sizes and timeouts.
 
     Raises:
-        InvalidArgumentError: if ``target`` is a URL of a database kind not supported, or
-            not a path.
+        InvalidArgumentError: if ``target`` is not a path, or a URL of a database kind not
+            supported.
+        ConfigurationError: if a PostgreSQL URL is given and the ``postgres`` extra is not
+            installed.
     """
-    if is_url(target):
-        name = str(target).split("://", 1)[0]
+    if not is_url(target):
+        from .sqlite import SQLiteBackend
+
+        return SQLiteBackend(target, create=create, offload=offload)
+    url = str(target)
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in POSTGRES_SCHEMES:
         raise InvalidArgumentError(
-            f"unsupported database URL scheme {name!r}: use a SQLite file path"
+            f"unsupported database URL scheme {scheme!r}: use a SQLite file path or a "
+            "postgresql:// URL"
         )
-    from .sqlite import SQLiteBackend
+    try:
+        from .postgres import PostgresBackend
+    except ImportError as exc:  # psycopg is an optional extra
+        raise ConfigurationError(
+            "a postgresql:// database needs the PostgreSQL driver: "
+            "pip install 'agent-sessions[postgres]'"
+        ) from exc
+    options = pool or PoolOptions()
+    return PostgresBackend(
+        url,
+        create=create,
+        pool_min_size=options.min_size,
+        pool_max_size=options.max_size,
+        connect_timeout=options.timeout,
+        statement_timeout=options.statement_timeout,
+    )
 
-    return SQLiteBackend(target, create=create, offload=offload)
 
-
-__all__ = ["Backend", "is_url", "open_backend"]
+__all__ = ["Backend", "PoolOptions", "is_url", "open_backend"]

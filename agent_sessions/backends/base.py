@@ -51,6 +51,21 @@ class Totals:
     """Sessions whose last activity is at or after the cutoff asked for."""
 
 
+@dataclass(frozen=True)
+class SessionDump:
+    """One session as stored, for copying it between databases byte for byte."""
+
+    session_id: str
+    user_id: str | None
+    conversation_id: str | None
+    created_at: float
+    last_activity: float
+    payloads: tuple[str, ...]
+    """The items' stored JSON text, oldest first (rows that do not decode are left out)."""
+    corrupt_rows: int
+    """Stored rows left out because they do not decode (they cannot be copied faithfully)."""
+
+
 class Backend(Protocol):
     """One database, as the rest of the library sees it."""
 
@@ -71,6 +86,14 @@ class Backend(Protocol):
 
     async def close(self) -> None:
         """Release what this object holds; idempotent."""
+        ...
+
+    async def migrate(self) -> tuple[int, int]:
+        """Apply the schema's pending migrations now.
+
+        Returns:
+            How many were applied by this call, and the schema version now.
+        """
         ...
 
     @property
@@ -178,6 +201,17 @@ class Backend(Protocol):
 
         Idleness is checked inside the transaction: a session written meanwhile is kept
         whole. Returns the number of sessions deleted (0: none left).
+        """
+        ...
+
+    async def dump_session(self, session_id: str) -> SessionDump | None:
+        """A session's row and items as stored, or ``None`` if no session has that id."""
+        ...
+
+    async def load_session(self, dump: SessionDump) -> None:
+        """Replace the session ``dump.session_id`` with ``dump``, in one transaction.
+
+        Rows and times are written as given; nothing is pruned.
         """
         ...
 

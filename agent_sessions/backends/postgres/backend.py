@@ -17,7 +17,7 @@ from ...errors import InvalidArgumentError, InvalidIdentifierError
 from ...ids import positive_int
 from ...models import SessionStats
 from ...pruning import Item, cut_index, late_call_index
-from ..base import Owner, SessionKey, Totals
+from ..base import Owner, SessionDump, SessionKey, Totals
 from . import schema, sql
 from .batch import Batch
 from .errors import FullPruneNeeded, redact, translate_errors
@@ -169,6 +169,28 @@ class PostgresBackend:
                 finally:
                     await conn.close()
             mark_schema_ready(self._url)
+
+    async def migrate(self) -> tuple[int, int]:
+        """Apply the pending migrations now, on a connection of its own.
+
+        Returns:
+            How many this call applied, and the schema version now.
+        """
+        with translate_errors(self._url):
+            conn = await psycopg.AsyncConnection.connect(
+                self._url, **connection_kwargs(self._connect_timeout)
+            )
+            try:
+                applied = await schema.migrate(
+                    conn,
+                    self._location,
+                    create=self._create,
+                    statement_timeout=self._statement_timeout,
+                )
+            finally:
+                await conn.close()
+        mark_schema_ready(self._url)
+        return applied, schema.LATEST_VERSION
 
     async def close(self) -> None:
         """Nothing to release: connections belong to the shared pool (see ``close_pools``)."""
@@ -370,6 +392,86 @@ class PostgresBackend:
                 return None
             return await _finish_prune(conn, sid, max_items, row)
 
+    # --- turn locks ---
+
+    async def turn_lock_is_free(self, session_id: str, now: float) -> bool:
+        """See ``Backend.turn_lock_is_free``."""
+        sid = _check_text(session_id, "session_id")
+        rows = await self._fetchall(sql.SELECT_TURN_LOCK_EXPIRY, {"sid": sid})
+        return not rows or float(rows[0][0]) <= now
+
+    async def take_turn_lock(self, session_id: str, owner: str, now: float, expires: float) -> bool:
+        """See ``Backend.take_turn_lock``."""
+        params = {"sid": _check_text(session_id, "session_id"), "owner": owner}
+        async with self._transaction() as conn:
+            cursor = await conn.execute(
+                sql.TAKE_TURN_LOCK, {**params, "now": now, "expires": expires}
+            )
+        return cursor.rowcount == 1
+
+    async def renew_turn_lock(self, session_id: str, owner: str, expires: float) -> bool:
+        """See ``Backend.renew_turn_lock``."""
+        params = {"sid": _check_text(session_id, "session_id"), "owner": owner}
+        async with self._transaction() as conn:
+            cursor = await conn.execute(sql.RENEW_TURN_LOCK, {**params, "expires": expires})
+        return cursor.rowcount == 1
+
+    async def release_turn_lock(self, session_id: str, owner: str) -> bool:
+        """See ``Backend.release_turn_lock``."""
+        params = {"sid": _check_text(session_id, "session_id"), "owner": owner}
+        async with self._transaction() as conn:
+            cursor = await conn.execute(sql.RELEASE_TURN_LOCK, params)
+        return cursor.rowcount == 1
+
+    # --- copying ---
+
+    async def dump_session(self, session_id: str) -> SessionDump | None:
+        """See ``Backend.dump_session``."""
+        sid = _check_text(session_id, "session_id")
+        rows = await self._fetchall(sql.SELECT_DUMP, {"sid": sid})
+        if not rows:
+            return None
+        user_id, conversation_id, created_at, last_activity, payloads = rows[0]
+        kept = tuple(text for text in payloads if decode_item(text) is not None)
+        return SessionDump(
+            session_id=sid,
+            user_id=user_id,
+            conversation_id=conversation_id,
+            created_at=_utc(created_at).timestamp(),
+            last_activity=_utc(last_activity).timestamp(),
+            payloads=kept,
+            corrupt_rows=len(payloads) - len(kept),
+        )
+
+    async def load_session(self, dump: SessionDump) -> None:
+        """See ``Backend.load_session``."""
+        sid = _check_text(dump.session_id, "session_id")
+        batch = Batch.of([decode_item(text) or {} for text in dump.payloads], dump.payloads)
+        async with self._transaction() as conn:
+            await conn.execute(sql.LOCK_SESSION, {"sid": sid})
+            await conn.execute(sql.DELETE_SESSION_ITEMS, {"sid": sid})
+            await conn.execute(sql.DELETE_SESSION, {"sid": sid})
+            await conn.execute(
+                sql.INSERT_DUMPED_SESSION,
+                {
+                    "sid": sid,
+                    "user": dump.user_id,
+                    "conv": dump.conversation_id,
+                    "created": _db_time(dump.created_at),
+                    "active": _db_time(dump.last_activity),
+                    "n": len(dump.payloads),
+                },
+            )
+            await conn.execute(
+                sql.INSERT_DUMPED_ITEMS,
+                {
+                    "sid": sid,
+                    "data": list(dump.payloads),
+                    "is_user": batch.is_user,
+                    "call_key": batch.call_keys,
+                },
+            )
+
     # --- many sessions ---
 
     async def session_stats(self, session_id: str) -> SessionStats | None:
@@ -428,6 +530,8 @@ class PostgresBackend:
                 return 0
             await conn.execute(sql.DELETE_IDLE_ITEMS, params)
             sessions = await conn.execute(sql.DELETE_IDLE_SESSIONS, params)
+            # Turn locks of idle sessions are leases long expired (a holder that was killed).
+            await conn.execute(sql.DELETE_IDLE_TURN_LOCKS, params)
         return sessions.rowcount
 
     async def finish_cleanup(self) -> None:

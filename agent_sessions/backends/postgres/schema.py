@@ -64,8 +64,19 @@ _CREATE_TABLES = (
     $fn$""",
 )
 
+_CREATE_TURN_LOCKS = (
+    # One row per session whose turn lock is held: who holds it, and until when (POSIX
+    # seconds of the holder's clock) unless renewed; an expired row belongs to no one.
+    f"""CREATE TABLE {sql.TURN_LOCKS} (
+        session_id text COLLATE "C" PRIMARY KEY,
+        owner text NOT NULL,
+        expires_at double precision NOT NULL
+    )""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create the session and item tables", _CREATE_TABLES),
+    Migration(2, "add per-session turn locks with leases", _CREATE_TURN_LOCKS),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 SESSIONS = "agent_sessions_session"
 ITEMS = "agent_sessions_item"
 SCHEMA = "agent_sessions_schema"
+TURN_LOCKS = "agent_sessions_turn_lock"
 FULL_PRUNE_FUNCTION = "agent_sessions_full_prune_needed"
 
 # --- transactions ---------------------------------------------------------------------------
@@ -146,6 +147,40 @@ SELECT_NEWEST_ITEMS = (
 )
 SESSION_EXISTS = f"SELECT 1 FROM {SESSIONS} WHERE session_id = %(sid)s"
 SELECT_OWNER = f"SELECT user_id, conversation_id FROM {SESSIONS} WHERE session_id = %(sid)s"
+
+# --- turn locks (see the sessions' turn_lock) -----------------------------------------------
+
+# Lease times are the clients' POSIX seconds (their injected clocks), compared as numbers.
+SELECT_TURN_LOCK_EXPIRY = f"SELECT expires_at FROM {TURN_LOCKS} WHERE session_id = %(sid)s"
+TAKE_TURN_LOCK = f"""
+    INSERT INTO {TURN_LOCKS} AS l (session_id, owner, expires_at)
+    VALUES (%(sid)s, %(owner)s, %(expires)s)
+    ON CONFLICT (session_id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+        WHERE l.expires_at <= %(now)s"""
+RENEW_TURN_LOCK = f"""
+    UPDATE {TURN_LOCKS} SET expires_at = %(expires)s
+    WHERE session_id = %(sid)s AND owner = %(owner)s"""
+RELEASE_TURN_LOCK = f"DELETE FROM {TURN_LOCKS} WHERE session_id = %(sid)s AND owner = %(owner)s"
+DELETE_IDLE_TURN_LOCKS = f"DELETE FROM {TURN_LOCKS} WHERE session_id = ANY(%(ids)s::text[])"
+
+# --- copying between databases ---------------------------------------------------------------
+
+SELECT_DUMP = f"""
+    SELECT s.user_id, s.conversation_id,
+        s.created_at AT TIME ZONE 'UTC', s.last_activity AT TIME ZONE 'UTC',
+        ARRAY(SELECT i.message_data FROM {ITEMS} AS i
+              WHERE i.session_id = s.session_id ORDER BY i.seq)
+    FROM {SESSIONS} AS s WHERE s.session_id = %(sid)s"""
+# late_call_seq NULL: not known, so the next prune checks the session whole.
+INSERT_DUMPED_SESSION = f"""
+    INSERT INTO {SESSIONS}
+        (session_id, user_id, conversation_id, created_at, last_activity, next_seq, late_call_seq)
+    VALUES (%(sid)s, %(user)s, %(conv)s, %(created)s, %(active)s, 1 + %(n)s, NULL)"""
+INSERT_DUMPED_ITEMS = f"""
+    INSERT INTO {ITEMS} (session_id, seq, message_data, is_user, call_key)
+    SELECT %(sid)s, b.ord, b.data, b.is_user, b.call_key
+    FROM unnest(%(data)s::text[], %(is_user)s::boolean[], %(call_key)s::text[])
+        WITH ORDINALITY AS b(data, is_user, call_key, ord)"""
 
 # --- many sessions --------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import sqlite3
@@ -15,9 +16,15 @@ from ...errors import InvalidIdentifierError, SessionClosedError, StorageUnavail
 from ...ids import legacy_owner
 from ...models import SessionStats
 from ...pruning import Item
-from ..base import Owner, SessionKey, Totals
+from ..base import Owner, SessionDump, SessionKey, Totals
 from . import schema, sql
-from .connection import CHECKPOINT_PASSIVE, database_path, translate_errors
+from .connection import (
+    CHECKPOINT_PASSIVE,
+    configure_connection,
+    database_path,
+    prepare_path,
+    translate_errors,
+)
 from .engine import Engine, EngineClosed, registry
 
 T = TypeVar("T")
@@ -108,6 +115,22 @@ class SQLiteBackend:
         engine = self._engine(reopen_if_replaced=True)
         with translate_errors(self.path):
             schema.migrate(engine.conn)
+
+    async def migrate(self) -> tuple[int, int]:
+        """See ``Backend.migrate``."""
+        if self._memory is not None:
+            return 0, schema.LATEST_VERSION
+        return await self._in_worker(self._migrate_blocking)
+
+    def _migrate_blocking(self) -> tuple[int, int]:
+        # A connection of its own, so the count is this call's, not a cached engine's.
+        if not self._create and not os.path.exists(self.path):
+            raise StorageUnavailableError(f"no database at {self.path!r}", path=self.path)
+        path = prepare_path(self.path)
+        with translate_errors(path), contextlib.closing(sqlite3.connect(path)) as conn:
+            configure_connection(conn)
+            applied = schema.migrate(conn)
+            return applied, schema.schema_version(conn)
 
     def open_session(self, user_id: str, conversation_id: str, session_id: str) -> str:
         """Open the file for a session and return the id its history is stored under.
@@ -274,6 +297,14 @@ class SQLiteBackend:
         if deleted and self._cleanup_batches % CHECKPOINT_EVERY_CLEANUP_BATCHES == 0:
             await self.finish_cleanup()
         return deleted
+
+    async def dump_session(self, session_id: str) -> SessionDump | None:
+        """See ``Backend.dump_session``."""
+        return await self._run(lambda conn: sql.dump_session(conn, session_id))
+
+    async def load_session(self, dump: SessionDump) -> None:
+        """See ``Backend.load_session``."""
+        await self._run(lambda conn: sql.load_session(conn, dump), write=True)
 
     async def finish_cleanup(self) -> None:
         """Checkpoint the WAL passively: it never blocks readers or writers."""

@@ -24,7 +24,7 @@ from ...pruning import (
     outputs_needing_stored_calls,
     pairing,
 )
-from ..base import SessionKey, Totals
+from ..base import SessionDump, SessionKey, Totals
 from .schema import MESSAGES_TABLE, SESSIONS_TABLE, TURN_LOCKS_TABLE
 
 logger = logging.getLogger("agent_sessions")
@@ -301,6 +301,59 @@ def release_turn_lock(conn: sqlite3.Connection, session_id: str, owner: str) -> 
     return conn.execute(RELEASE_TURN_LOCK, (session_id, owner)).rowcount == 1
 
 
+# --- copying between databases ----------------------------------------------------------
+
+
+def dump_session(conn: sqlite3.Connection, session_id: str) -> SessionDump | None:
+    """A session's row and decodable items as stored (see ``Backend.dump_session``)."""
+    row = conn.execute(SELECT_SESSION, (session_id,)).fetchone()
+    if row is None:
+        return None
+    _, user_id, conversation_id, created_ts, last_activity_ts = row
+    payloads: list[str] = []
+    corrupt = 0
+    for _, data in conn.execute(SELECT_ALL_ROWS, (session_id,)):  # bytes: CAST AS BLOB
+        if decode_item(data) is None:
+            corrupt += 1
+        else:
+            payloads.append(data.decode("utf-8"))  # valid: it decoded
+    return SessionDump(
+        session_id=session_id,
+        user_id=user_id,
+        conversation_id=conversation_id,
+        created_at=float(created_ts if created_ts is not None else 0.0),
+        last_activity=float(last_activity_ts if last_activity_ts is not None else 0.0),
+        payloads=tuple(payloads),
+        corrupt_rows=corrupt,
+    )
+
+
+INSERT_DUMPED_SESSION = f"""
+    INSERT INTO {SESSIONS_TABLE}
+        (session_id, user_id, conversation_id, created_ts, last_activity_ts, late_call_row)
+    VALUES (?, ?, ?, ?, ?, NULL)
+"""
+
+
+def load_session(conn: sqlite3.Connection, dump: SessionDump) -> None:
+    """Replace a session with ``dump``, inside the caller's write transaction.
+
+    ``late_call_row`` is left unknown, so the next prune checks the session whole.
+    """
+    delete_session(conn, dump.session_id)
+    conn.execute(
+        INSERT_DUMPED_SESSION,
+        (
+            dump.session_id,
+            dump.user_id,
+            dump.conversation_id,
+            dump.created_at,
+            dump.last_activity,
+        ),
+    )
+    conn.executemany(INSERT_ROW, [(dump.session_id, payload) for payload in dump.payloads])
+
+
 # --- many sessions ---------------------------------------------------------------------
 
 _SESSION_COLUMNS = "session_id, user_id, conversation_id, created_ts, last_activity_ts"
@@ -402,5 +455,7 @@ def delete_idle_batch(conn: sqlite3.Connection, cutoff: float, batch_size: int) 
         return 0
     marks = ", ".join("?" * len(ids))
     conn.execute(f"DELETE FROM {MESSAGES_TABLE} WHERE session_id IN ({marks})", ids)
+    # Turn locks of idle sessions are leases long expired (a holder that was killed).
+    conn.execute(f"DELETE FROM {TURN_LOCKS_TABLE} WHERE session_id IN ({marks})", ids)
     deleted = conn.execute(f"DELETE FROM {SESSIONS_TABLE} WHERE session_id IN ({marks})", ids)
     return int(deleted.rowcount)
