@@ -613,3 +613,23 @@ async def test_scheduler_with_explicit_settings_overrides_the_managers(
         assert job is not None
         fields = {field.name: str(field) for field in job.trigger.fields}
         assert (fields["hour"], fields["minute"]) == ("5", "30"), fields
+
+
+async def test_cleanup_drops_the_turn_locks_of_the_sessions_it_deletes(
+    db_path: Path, clock: FakeClock
+) -> None:
+    # A holder killed mid-run leaves its lock row behind (its lease long expired by the time
+    # the session is idle): cleanup takes it with the session; an active session's stays.
+    idle = await write(db_path, "idle", [user("x")], clock)
+    clock.advance(days=8)
+    active = await write(db_path, "active", [user("x")], clock)
+    with closing(sqlite3.connect(db_path)) as conn:
+        conn.executemany(
+            "INSERT INTO agent_sessions_turn_locks (session_id, owner, expires_ts) "
+            "VALUES (?, 'killed', 0)",
+            [(idle,), (active,)],
+        )
+        conn.commit()
+    async with manager_for(db_path, clock) as manager:
+        assert await manager.cleanup_inactive_sessions() == 1
+    assert query(db_path, "SELECT session_id FROM agent_sessions_turn_locks") == [(active,)]

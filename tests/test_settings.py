@@ -89,3 +89,14 @@ def test_range_errors_never_print_the_internal_maximum(
             AgentSession("u", "c", db_path=tmp_path / "x.db", max_messages=bad)
         assert str(MAX_COUNT) not in str(raised.value)
         assert "at least 1" in str(raised.value)
+
+
+def test_the_env_example_is_valid_and_shows_the_defaults(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from agent_sessions.settings import load_settings
+
+    example = Path(__file__).resolve().parent.parent / ".env.example"
+    (tmp_path / ".env").write_text(example.read_text())
+    monkeypatch.chdir(tmp_path)
+    assert load_settings() == AgentSessionSettings(_env_file=None)  # type: ignore[call-arg]
