@@ -3,6 +3,10 @@
 Candidates (``benchmarks/candidates.py``): ``agent`` (AgentSession, pruning at 200), ``sdk``
 (SQLiteSession), ``sdk_async`` (AsyncSQLiteSession), and two plain-sqlite3 baselines running
 the library's own statements in the event-loop thread, with and without pruning.
+
+With ``--postgres [URL]`` it runs the PostgreSQL suite instead (``benchmarks/postgres/``):
+``PostgresSession`` against the SDK's ``SQLAlchemySession`` on one server, in a database made
+for the run; URL defaults to ``AGENT_SESSIONS_TEST_PG_URL``.
 """
 
 from __future__ import annotations
@@ -41,9 +45,24 @@ def workloads() -> dict[str, Callable[[Any], Any]]:
     }
 
 
-def parse_args(argv: list[str] | None, names: list[str]) -> argparse.Namespace:
+def parse_args(
+    argv: list[str] | None, names: list[str], postgres_names: list[str] | None = None
+) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small sizes (CI; under ~90 s)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes (CI; SQLite under ~90 s, PostgreSQL under ~60 s)",
+    )
+    parser.add_argument(
+        "--postgres",
+        nargs="?",
+        const=os.environ.get("AGENT_SESSIONS_TEST_PG_URL") or "",
+        metavar="URL",
+        help="run the PostgreSQL suite on this server instead (default: "
+        "$AGENT_SESSIONS_TEST_PG_URL; the role needs CREATEDB): 5 rounds, quick 1; results "
+        f"to results/postgres-latest.json; its workloads: {', '.join(postgres_names or [])}",
+    )
     parser.add_argument(
         "--rounds",
         type=int,
@@ -57,6 +76,10 @@ def parse_args(argv: list[str] | None, names: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.postgres is not None:
+        if not args.postgres:
+            parser.error("--postgres needs a URL (or set AGENT_SESSIONS_TEST_PG_URL)")
+        names = postgres_names or []
     if args.only:
         chosen = [name.strip() for name in args.only.split(",") if name.strip()]
         unknown = [name for name in chosen if name not in names]
@@ -127,9 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["OPENAI_AGENTS_DISABLE_TRACING"] = "1"
     from . import candidates, sizes, targets
     from .core import Context
+    from .postgres import sizes as postgres_sizes
 
     available = workloads()
-    args = parse_args(argv, list(available))
+    args = parse_args(argv, list(available), list(postgres_sizes.FULL))
+    if args.postgres is not None:
+        from .postgres.suite import run  # needs psycopg and SQLAlchemy
+
+        return run(args)
     # Import everything now, so no workload's first candidate pays for the imports.
     import agents  # noqa: F401
     from agents.extensions.memory import AsyncSQLiteSession  # noqa: F401
