@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     cleanup.add_argument("--dry-run", action="store_true", help="only list them")
     cleanup.add_argument("--json", action="store_true", help="with --dry-run: print JSON")
     cleanup.add_argument(
+        "--limit",
+        type=_positive,
+        default=100,
+        help="with --dry-run: list at most this many, the oldest (100)",
+    )
+    cleanup.add_argument(
         "--retention-days", type=_retention_days, help="idle days allowed (default: the settings')"
     )
 
@@ -362,14 +368,22 @@ async def _cleanup(manager: SessionManager, args: argparse.Namespace, out: TextI
         count = await manager.cleanup_inactive_sessions(retention_days=args.retention_days)
         out.write(f"deleted {count} session(s) idle for more than {days} day(s)\n")
         return EXIT_OK
-    idle = await manager.list_inactive_sessions(retention_days=args.retention_days)
+    # Listing reads every item of each session listed; the count is one indexed query.
+    idle = await manager.list_inactive_sessions(
+        retention_days=args.retention_days, limit=args.limit
+    )
     if args.json:
         _sessions_json(idle, out)
         return EXIT_OK
+    count = await manager.cleanup_inactive_sessions(
+        retention_days=args.retention_days, dry_run=True
+    )
     if idle:
         _sessions_table(idle, out)
+        if count > len(idle):
+            out.write(f"... and {count - len(idle)} more (--limit {args.limit})\n")
         out.write("\n")
-    out.write(f"would delete {len(idle)} session(s) idle for more than {days} day(s)\n")
+    out.write(f"would delete {count} session(s) idle for more than {days} day(s)\n")
     return EXIT_OK
 
 

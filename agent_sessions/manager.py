@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 import warnings
@@ -69,7 +70,7 @@ class SessionManager:
 
     Use it as ``async with SessionManager(...) as manager:`` or call ``close()`` when done.
     The database opens on first use. Operations run one at a time, off the event loop
-    (SQLite: in worker threads, each on its own connection).
+    (SQLite: in a worker thread of the manager's own, on that thread's connection).
     """
 
     def __init__(
@@ -396,10 +397,10 @@ class SessionManager:
                 return deleted
             deleted += done
             logger.debug("cleanup: %d session(s) in %.1f ms", done, held * 1000)
-            # Size the next batch so the write lock is held about the target time, then leave
-            # it free at least as long, so live writers get their turn.
-            if held > CLEANUP_TRANSACTION_SECONDS:
-                batch_size = max(1, batch_size // 2)
-            elif held < CLEANUP_TRANSACTION_SECONDS / 4:
-                batch_size = min(_MAX_CLEANUP_BATCH, batch_size * 2)
+            # Size the next batch so a transaction takes about the target time (on SQLite it
+            # holds the write lock), then leave as long free, so live writers get their turn.
+            # Proportional, within half to double: a batch's fixed cost (a round trip to a
+            # server) must not pin the size at 1, as halving below a threshold would.
+            scale = min(2.0, max(0.5, CLEANUP_TRANSACTION_SECONDS / max(held, 1e-6)))
+            batch_size = max(1, min(_MAX_CLEANUP_BATCH, math.ceil(batch_size * scale)))
             await asyncio.sleep(min(held, CLEANUP_TRANSACTION_SECONDS))

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .backends import PoolOptions
+from .backends import PoolOptions, is_url
 from .errors import ConfigurationError, InvalidArgumentError
 from .ids import MAX_COUNT
 
@@ -84,6 +84,8 @@ class AgentSessionSettings(BaseSettings):
         # Checked before conversion: Path("") is Path("."), the working directory.
         if isinstance(value, str) and not value.strip():
             raise ValueError("db_path must not be empty")
+        if is_url(value):  # Path() would fold it into a file name such as postgresql:/h/db
+            raise ValueError("db_path is a SQLite path; put a server URL in database_url")
         return value
 
     @field_validator("max_messages")

@@ -157,10 +157,14 @@ async def first_process() -> None:
             )
         print(f"  active sessions: {await manager.get_active_session_count()}")
 
-    print("\n5. Inspect the file with the CLI (it reads the default database unless given --db,")
-    print("   so a plain `agent-sessions stats` does not look at this one):")
-    print(f"  agent-sessions --db {shlex.quote(str(db_path))} stats")
-    print(f"  agent-sessions --db {shlex.quote(str(db_path))} show {USER_SESSION_ID}")
+    # The CLI through this very interpreter: `agent-sessions` itself is only on PATH in an
+    # activated virtual environment.
+    cli = f"{shlex.quote(sys.executable)} -m agent_sessions --db {shlex.quote(str(db_path))}"
+    print("\n5. Inspect the file with the CLI (agent-sessions, or python -m agent_sessions). It")
+    print("   reads the default database unless given --db, so a plain `agent-sessions stats`")
+    print("   does not look at this one:")
+    print(f"  {cli} stats")
+    print(f"  {cli} show {USER_SESSION_ID}")
 
 
 async def second_process() -> None:

@@ -831,3 +831,32 @@ def test_output_that_cannot_be_written_is_one_line_not_a_traceback(
     )
     assert closed.returncode == 1, closed.stderr
     assert closed.stderr == "agent-sessions: cannot write the output: standard output is closed\n"
+
+
+def test_cleanup_dry_run_lists_at_most_limit_and_counts_them_all(tmp_path: Path) -> None:
+    from agent_sessions.cli import main as cli_main
+    from tests.conftest import FakeClock
+
+    path = tmp_path / "idle.db"
+    clock = FakeClock()
+
+    async def fill() -> None:
+        for n in range(5):
+            with AgentSession("u", f"c{n}", db_path=path, clock=clock) as session:
+                await session.add_items([{"role": "user", "content": "x"}])
+            clock.advance(minutes=1)
+
+    asyncio.run(fill())
+    # Every session is idle by the real clock the CLI uses (the fake one is in 2026-01).
+    out = io.StringIO()
+    assert cli_main(["--db", str(path), "cleanup", "--dry-run", "--limit", "2"], out=out) == 0
+    text = out.getvalue()
+    assert "user_u_conv_c0" in text
+    assert "user_u_conv_c1" in text
+    assert "user_u_conv_c2" not in text
+    assert "... and 3 more (--limit 2)" in text
+    assert "would delete 5 session(s)" in text
+    out = io.StringIO()
+    listing = ["--db", str(path), "cleanup", "--dry-run", "--json", "--limit", "3"]
+    assert cli_main(listing, out=out) == 0
+    assert len(json.loads(out.getvalue())) == 3

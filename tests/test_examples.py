@@ -9,6 +9,7 @@ import itertools
 import multiprocessing
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -56,12 +57,11 @@ def test_quickstart_runs_offline_and_remembers_across_processes(tmp_path: Path) 
     assert "function_call_output" in second_input
     assert "pruning removed the oldest turn(s), each whole: \"Hi, I'm Ada." in out
     # ... and the CLI command it prints inspects that very file.
-    command = re.search(r"agent-sessions --db (\S+) stats", out)
+    command = re.search(r"^  (\S+ -m agent_sessions --db (\S+) stats)$", out, re.MULTILINE)
     assert command is not None, out
-    assert Path(command.group(1)) == db, out
-    run_cli = "import sys; from agent_sessions.cli import main; sys.exit(main())"
+    assert Path(command.group(2)) == db, out
     cli = subprocess.run(
-        [sys.executable, "-c", run_cli, "--db", command.group(1), "stats"],
+        shlex.split(command.group(1)),
         capture_output=True,
         text=True,
         cwd=tmp_path,

@@ -679,3 +679,25 @@ def test_a_loop_closed_in_the_middle_of_a_call_does_not_hang_the_next_one(
     assert asyncio.run(manager.get_session_count()) == 1
     assert time.monotonic() - started < 10
     asyncio.run(manager.close())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_manager_used_before_a_fork_works_in_the_child(db_path: Path) -> None:
+    # gunicorn --preload and fork pools: the parent's worker thread does not exist in the
+    # child; the child's first call must start its own, not wait on the parent's forever.
+    asyncio.run(write(db_path, "u", "c", [user("x")]))
+    manager = SessionManager(db_path, max_messages=10, retention_days=7)
+    assert asyncio.run(manager.get_session_count()) == 1
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit code, never return into pytest
+        code = 1
+        try:
+            count = asyncio.run(asyncio.wait_for(manager.get_session_count(), 10))
+            asyncio.run(manager.close())
+            code = 0 if count == 1 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert asyncio.run(manager.get_session_count()) == 1, "the parent's manager still works"
+    asyncio.run(manager.close())

@@ -100,3 +100,20 @@ def test_the_env_example_is_valid_and_shows_the_defaults(
     (tmp_path / ".env").write_text(example.read_text())
     monkeypatch.chdir(tmp_path)
     assert load_settings() == AgentSessionSettings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_a_server_url_is_never_taken_for_a_sqlite_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from agent_sessions import AgentSession, InvalidArgumentError
+    from agent_sessions.settings import load_settings
+
+    monkeypatch.setenv("AGENT_SESSION_DB_PATH", "postgresql://app@db/app")
+    with pytest.raises(ConfigurationError, match="AGENT_SESSION_DB_PATH.*database_url"):
+        load_settings()
+    monkeypatch.delenv("AGENT_SESSION_DB_PATH")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InvalidArgumentError, match=r"server URL.*\*\*\*") as raised:
+        AgentSession("u", "c", db_path="postgresql://app:secret@db/app")
+    assert "secret" not in str(raised.value)
+    assert list(tmp_path.iterdir()) == [], "nothing may be created for a URL"

@@ -36,6 +36,12 @@ class PoolOptions:
     """Seconds a statement may run, lock waits included; ``0`` for no limit."""
 
 
+def redact_url(target: object) -> str:
+    """``target`` as text, with any password in a URL replaced by ``***``."""
+    text = str(target)
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@]*):[^@/]*@", r"\1:***@", text)
+
+
 def open_backend(
     target: object,
     *,
@@ -87,4 +93,4 @@ def open_backend(
     )
 
 
-__all__ = ["Backend", "PoolOptions", "is_url", "open_backend"]
+__all__ = ["Backend", "PoolOptions", "is_url", "open_backend", "redact_url"]

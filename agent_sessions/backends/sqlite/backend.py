@@ -12,10 +12,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from ...codec import DecodedRows
-from ...errors import InvalidIdentifierError, SessionClosedError, StorageUnavailableError
+from ...errors import (
+    InvalidArgumentError,
+    InvalidIdentifierError,
+    SessionClosedError,
+    StorageUnavailableError,
+)
 from ...ids import legacy_owner
 from ...models import SessionStats
 from ...pruning import Item
+from .. import is_url, redact_url
 from ..base import Owner, SessionDump, SessionKey, Totals
 from . import schema, sql
 from .connection import (
@@ -28,6 +34,8 @@ from .connection import (
 from .engine import Engine, EngineClosed, registry
 
 T = TypeVar("T")
+
+_inherited_executors: list[ThreadPoolExecutor] = []  # a parent's, kept unused after a fork
 
 CHECKPOINT_EVERY_CLEANUP_BATCHES = 50
 """Cleanup batches between two WAL checkpoints (cleanup writes a lot; writers never wait)."""
@@ -57,9 +65,15 @@ class SQLiteBackend:
         Raises:
             InvalidArgumentError: if ``db_path`` is not a path.
         """
+        if is_url(db_path):
+            raise InvalidArgumentError(
+                f"{redact_url(db_path)!r} is a server URL, not a SQLite path: use "
+                "get_agent_session() or PostgresSession, or AGENT_SESSION_DATABASE_URL"
+            )
         self.path = database_path(db_path)
         self._create = create
         self._executor: ThreadPoolExecutor | None = None
+        self._executor_pid = 0  # the process whose thread the executor runs
         self._offload = offload
         self._memory = Engine(":memory:") if self.path == ":memory:" else None
         self._cleanup_batches = 0
@@ -89,8 +103,14 @@ class SQLiteBackend:
                 continue
 
     async def _in_worker(self, call: Callable[[], T]) -> T:
+        if self._executor is not None and self._executor_pid != os.getpid():
+            # Forked (e.g. gunicorn --preload): the parent's thread does not exist here, and
+            # its executor would queue the call forever. Leave it unused, as the engines do.
+            _inherited_executors.append(self._executor)
+            self._executor = None
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="agent-sessions-sqlite")
+            self._executor_pid = os.getpid()
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     def _run_blocking(self, operation: Callable[[sqlite3.Connection], T], write: bool) -> T:
@@ -185,7 +205,7 @@ class SQLiteBackend:
         if memory is not None:
             memory.close()
         executor, self._executor = self._executor, None
-        if executor is not None:
+        if executor is not None and self._executor_pid == os.getpid():
             # Not waiting: a call orphaned by a closed event loop may still be finishing its
             # transaction there; the thread ends after it.
             executor.shutdown(wait=False)

@@ -22,9 +22,6 @@ from ...errors import (
 BUSY_TIMEOUT_MS = 30_000
 """How long a statement waits for another connection's write lock before failing."""
 
-# The SDK's naive-UTC CURRENT_TIMESTAMP text (whole seconds) as POSIX seconds. strftime('%s')
-# is exact where julianday() arithmetic is off by microseconds, and unlike unixepoch() it
-
 # --- errors -------------------------------------------------------------------------------
 
 _BUSY_CODES = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED

@@ -34,6 +34,8 @@ MESSAGES_TABLE = "agent_messages"
 SCHEMA_TABLE = "agent_sessions_schema"
 TURN_LOCKS_TABLE = "agent_sessions_turn_locks"
 
+# The SDK's naive-UTC CURRENT_TIMESTAMP text (whole seconds) as POSIX seconds. strftime('%s')
+# is exact where julianday() arithmetic is off by microseconds, and unlike unixepoch() it
 # needs no SQLite 3.38.
 _SDK_TEXT_TO_TS = "CAST(strftime('%s', {col}) AS REAL)"
 _NOW_TS = "CAST(strftime('%s', 'now') AS REAL)"
