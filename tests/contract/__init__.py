@@ -1,0 +1,1 @@
+"""The backend contract: one suite, run identically over every database kind."""
