@@ -98,11 +98,13 @@ async def test_contention_times_out_with_a_typed_error_and_every_exit_releases(
                 await asyncio.Event().wait()
 
         task = asyncio.create_task(hold_forever())
-        await inside.wait()
-        assert not await lock_is_free(target)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        try:
+            await inside.wait()
+            assert not await lock_is_free(target)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
         assert await lock_is_free(target), "a cancellation releases"
 
     error = tried_once.value
@@ -121,8 +123,9 @@ async def test_contention_times_out_with_a_typed_error_and_every_exit_releases(
 async def test_an_expired_lease_is_taken_over_when_the_clock_moves(
     target: str, clock: FakeClock
 ) -> None:
-    # The holder stops renewing (a process killed while it held the lock looks the same):
-    # its lease ends 30 s after it took the lock, by the sessions' shared clock.
+    # The holder renews every lease / 3 seconds of real time, which this test never lasts:
+    # to the contender it looks like a holder that died. Its lease ends 30 s after it took
+    # the lock, by the sessions' shared clock.
     inside = asyncio.Event()
     leave = asyncio.Event()
 
@@ -133,17 +136,21 @@ async def test_an_expired_lease_is_taken_over_when_the_clock_moves(
                 await leave.wait()
 
     holder = asyncio.create_task(stalled_holder())
-    await inside.wait()
-    with get_agent_session("ada", "c1", db_path=target, clock=clock) as contender:
-        clock.advance(seconds=29.9)
-        with pytest.raises(TurnLockTimeoutError):
-            async with contender.turn_lock(timeout=0):
-                pytest.fail("taken before the lease ran out")
-        clock.advance(seconds=0.1)
-        async with contender.turn_lock(timeout=0, lease=30):
-            leave.set()
-            await holder  # the old holder leaves: it must not release the new holder's lock
-            assert not await lock_is_free(target, clock=clock), "the stale holder released it"
+    try:
+        await inside.wait()
+        with get_agent_session("ada", "c1", db_path=target, clock=clock) as contender:
             clock.advance(seconds=29.9)
-            assert not await lock_is_free(target, clock=clock)
-    assert await lock_is_free(target, clock=clock)
+            with pytest.raises(TurnLockTimeoutError):
+                async with contender.turn_lock(timeout=0):
+                    pytest.fail("taken before the lease ran out")
+            clock.advance(seconds=0.1)
+            async with contender.turn_lock(timeout=0, lease=30):
+                leave.set()
+                await holder  # the old holder leaves: it must not release the new one's lock
+                assert not await lock_is_free(target, clock=clock), "the stale holder released it"
+                clock.advance(seconds=29.9)
+                assert not await lock_is_free(target, clock=clock)
+        assert await lock_is_free(target, clock=clock)
+    finally:
+        leave.set()
+        await holder
