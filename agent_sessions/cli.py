@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO, cast
 
-from .backends import is_url, open_backend
+from .backends import close_server_pools, is_url, open_backend
 from .copying import CopyReport
 from .errors import (
     AgentSessionsError,
@@ -427,19 +427,31 @@ async def _copy(settings: AgentSessionSettings, args: argparse.Namespace, out: T
         "items": report.items,
         "corrupt_rows_left_out": report.corrupt_rows,
         "sessions_deleted_meanwhile": report.vanished,
+        "refused": report.refused,
         "mismatched": report.mismatched,
         "verified": not report.mismatched,
     }
     if args.json:
         out.write(json.dumps(summary, indent=2) + "\n")
     else:
-        _fields({k: v for k, v in summary.items() if k != "mismatched"}, out)
+        _fields({k: v for k, v in summary.items() if k not in ("mismatched", "refused")}, out)
+        for session_id in report.refused:
+            out.write(f"refused: {session_id!r} (the destination cannot hold this id)\n")
         for session_id in report.mismatched:
             out.write(f"mismatched: {session_id} (written to during the copy; run it again)\n")
     return EXIT_OK if not report.mismatched else EXIT_FAILURE
 
 
 async def _run(settings: AgentSessionSettings, args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        return await _run_command(settings, args, out)
+    finally:
+        await close_server_pools()  # before asyncio.run ends: an opening pool holds up exit
+
+
+async def _run_command(
+    settings: AgentSessionSettings, args: argparse.Namespace, out: TextIO
+) -> int:
     if args.command == "migrate":
         return await _migrate(settings, out)
     if args.command == "copy":
@@ -509,6 +521,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _one_line(error: BaseException) -> str:
+    # Driver messages (libpq's) run over several lines; a failure is one line on stderr.
+    return "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
     """Run ``agent-sessions`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
     to_stdout = out is None
@@ -538,13 +555,13 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
             _discard_stdout()
         return EXIT_FAILURE
     except SessionNotFoundError as exc:
-        print(f"agent-sessions: {exc}", file=sys.stderr)
+        print(f"agent-sessions: {_one_line(exc)}", file=sys.stderr)
         return EXIT_FAILURE
     except InvalidArgumentError as exc:
-        print(f"agent-sessions: {exc}", file=sys.stderr)
+        print(f"agent-sessions: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except AgentSessionsError as exc:
-        print(f"agent-sessions: {exc}", file=sys.stderr)
+        print(f"agent-sessions: {_one_line(exc)}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130

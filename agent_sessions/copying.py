@@ -50,6 +50,9 @@ class CopyReport:
     """Source rows left out because they do not decode (they cannot be copied faithfully)."""
     vanished: int = 0
     """Sessions deleted at the source between listing and reading them."""
+    refused: list[str] = field(default_factory=list)
+    """Sessions the destination cannot hold (e.g. an id with a NUL character, on
+    PostgreSQL); left out."""
     mismatched: list[str] = field(default_factory=list)
     """Sessions that read back differently (none, unless something wrote during the copy)."""
 
@@ -77,15 +80,18 @@ async def copy_sessions(
         report.corrupt_rows += dump.corrupt_rows
         report.items += len(dump.payloads)
         wanted = checksum(dump)
-        present = await destination.dump_session(session_id)
-        if present is not None and checksum(present) == wanted:
-            report.skipped += 1
-        else:
-            await destination.load_session(dump)
-            written = await destination.dump_session(session_id)
-            if written is None or checksum(written) != wanted:
-                report.mismatched.append(session_id)
-            report.copied += 1
+        try:
+            present = await destination.dump_session(session_id)
+            if present is not None and checksum(present) == wanted:
+                report.skipped += 1
+            else:
+                await destination.load_session(dump)
+                written = await destination.dump_session(session_id)
+                if written is None or checksum(written) != wanted:
+                    report.mismatched.append(session_id)
+                report.copied += 1
+        except InvalidArgumentError:  # an id the destination cannot hold
+            report.refused.append(session_id)
         if progress is not None:
             progress(report)
     return report

@@ -92,7 +92,10 @@ class BoundedSessionMixin:
         Raises:
             InvalidItemError: (also a ``TypeError``) if ``items`` is not a list (or iterable)
                 of JSON-serialisable dicts; nothing is written.
-            StorageError: (a subclass) if the database fails; nothing is written.
+            StorageError: (a subclass) if the database fails; nothing is written. One
+                exception: a PostgreSQL connection lost while the COMMIT is under way
+                (``StorageUnavailableError``) cannot tell whether it was applied; the batch
+                is then stored whole or not at all, so do not retry it blindly.
         """
         backend = self._open_backend()
         if not items:

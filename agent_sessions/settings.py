@@ -35,6 +35,7 @@ class AgentSessionSettings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         frozen=True,
+        hide_input_in_errors=True,  # database_url may hold a password
         validate_default=True,
     )
 
@@ -110,7 +111,8 @@ class AgentSessionSettings(BaseSettings):
         if self.pool_max_size < self.pool_min_size:
             raise ValueError(
                 f"pool_max_size ({self.pool_max_size}) is smaller than pool_min_size "
-                f"({self.pool_min_size})"
+                f"({self.pool_min_size}): {ENV_PREFIX}POOL_MAX_SIZE must be at least "
+                f"{ENV_PREFIX}POOL_MIN_SIZE"
             )
         return self
 

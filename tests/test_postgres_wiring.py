@@ -121,11 +121,6 @@ def test_pool_sizes_must_agree(monkeypatch: pytest.MonkeyPatch) -> None:
         load_settings()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the pool-size check is a model validator, so load_settings names the fields "
-    "(pool_max_size) but not the variables (AGENT_SESSION_POOL_MAX_SIZE) as the README promises",
-)
 def test_disagreeing_pool_sizes_name_their_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     set_env(monkeypatch, pool_min_size="5", pool_max_size="4")
     with pytest.raises(ConfigurationError, match="AGENT_SESSION_POOL_MAX_SIZE"):
@@ -142,12 +137,6 @@ def test_repr_and_str_never_show_the_url(monkeypatch: pytest.MonkeyPatch) -> Non
             assert "db.internal" not in text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a refused database_url is echoed with its password in pydantic's "
-    "ValidationError (input_value=...), which load_settings chains as the cause of its "
-    "ConfigurationError: any traceback shows it (no hide_input_in_errors)",
-)
 def test_a_refused_url_never_shows_its_password_even_in_a_traceback(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -273,12 +262,6 @@ async def test_unreachable_server_errors_never_show_the_password(
     assert not (tmp_path / "copy.db").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the CLI prints libpq's message as is, so a PostgreSQL connection failure "
-    "is two lines on stderr ('...Connection refused' then '\\tIs the server running...'), "
-    "not the one line the README promises",
-)
 def test_a_server_failure_is_one_line_on_stderr(
     unreachable_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -393,13 +376,6 @@ POOL_PROBE = textwrap.dedent(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: CLI commands never close their PostgreSQL pool (close_pools) before "
-    "asyncio.run ends; when the pool is still opening a connection then, psycopg_pool "
-    "swallows the cancellation and the command hangs at exit (about 1 run in 3 with the "
-    "default AGENT_SESSION_POOL_MIN_SIZE=1); apps using asyncio.run do the same",
-)
 def test_a_cli_command_closes_its_pool_before_its_event_loop_ends(live_url: str) -> None:
     assert run_cli("--db", live_url, "migrate")[0] == 0
     env = {**os.environ, "AGENT_SESSION_POOL_MIN_SIZE": "1"}

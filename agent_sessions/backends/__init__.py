@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass
 
 from ..errors import ConfigurationError, InvalidArgumentError
@@ -34,6 +35,18 @@ class PoolOptions:
     """Seconds to wait for a connection: to connect, or for a free one."""
     statement_timeout: float = 30.0
     """Seconds a statement may run, lock waits included; ``0`` for no limit."""
+
+
+async def close_server_pools() -> None:
+    """Close the server connection pools this process opened in the running event loop.
+
+    Call it before an event loop ends (``asyncio.run`` returning) in a program that used a
+    ``postgresql://`` database: a pool still opening a connection then can hold up the exit.
+    A no-op when no server backend was used.
+    """
+    postgres = sys.modules.get(f"{__name__}.postgres")
+    if postgres is not None:
+        await postgres.close_pools()
 
 
 def redact_url(target: object) -> str:
@@ -93,4 +106,11 @@ def open_backend(
     )
 
 
-__all__ = ["Backend", "PoolOptions", "is_url", "open_backend", "redact_url"]
+__all__ = [
+    "Backend",
+    "PoolOptions",
+    "close_server_pools",
+    "is_url",
+    "open_backend",
+    "redact_url",
+]

@@ -533,15 +533,8 @@ async def loop_stall(operation: Awaitable[Any]) -> float:
     return worst
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: append_items passes payloads as a text[] in text format; psycopg escapes "
-    "every quote and backslash of an array element with a Python regex callback, in the event "
-    "loop: ~1.3 s per MB of quotes (18 s for the 10 MB item), the loop frozen throughout. "
-    "Binary parameters (%(data)b) take 20 ms",
-)
 @pytest.mark.parametrize("route", ["direct"])  # the same through PgBouncer: it is client-side
-def test_bug_a_huge_item_full_of_quotes_does_not_freeze_the_event_loop(
+def test_a_huge_item_full_of_quotes_does_not_freeze_the_event_loop(
     runner: asyncio.Runner, pg_url: str
 ) -> None:
     seed(runner, pg_url)

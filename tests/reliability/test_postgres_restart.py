@@ -400,9 +400,10 @@ class CommitDropper:
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
-    reason="BUG: add_items documents 'StorageError: nothing is written', but a connection lost "
-    "after the pipelined COMMIT reached the server raises StorageUnavailableError for a batch "
-    "that was committed; a caller that retries stores the turn twice",
+    reason="KNOWN LIMIT (README, 'Known limits on PostgreSQL'; add_items' docstring): a "
+    "connection lost after the pipelined COMMIT reached the server raises "
+    "StorageUnavailableError for a batch that was committed; a caller that retries stores the "
+    "turn twice. Strict: the day it passes, the limit is gone and the docs must change",
 )
 async def test_bug_a_write_failed_by_a_lost_connection_wrote_nothing(
     pg_database: str, route: str
