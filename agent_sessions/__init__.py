@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .backends import close_server_pools
 from .errors import (
     AgentSessionsError,
     ConfigurationError,
@@ -29,7 +30,7 @@ from .settings import AgentSessionSettings, get_settings
 
 if TYPE_CHECKING:
     from .scheduler import CLEANUP_JOB_ID, start_cleanup_scheduler
-    from .session import AgentSession, get_agent_session
+    from .session import AgentSession, PostgresSession, get_agent_session
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,7 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidIdentifierError",
     "InvalidItemError",
+    "PostgresSession",
     "SchedulerError",
     "SessionClosedError",
     "SessionManager",
@@ -55,6 +57,7 @@ __all__ = [
     "StorageUnavailableError",
     "TurnLockTimeoutError",
     "__version__",
+    "close_server_pools",
     "get_agent_session",
     "get_session_id",
     "get_settings",
@@ -67,6 +70,7 @@ __all__ = [
 _LAZY = {
     "AgentSession": "session",
     "get_agent_session": "session",
+    "PostgresSession": "session",
     "CLEANUP_JOB_ID": "scheduler",
     "start_cleanup_scheduler": "scheduler",
 }

@@ -399,7 +399,9 @@ _COMMANDS: dict[str, Callable[[SessionManager, argparse.Namespace, TextIO], Awai
 
 
 async def _migrate(settings: AgentSessionSettings, out: TextIO) -> int:
-    backend = open_backend(settings.database, create=True, offload=True)
+    backend = open_backend(
+        settings.database, create=True, offload=True, pool=pool_options(settings)
+    )
     try:
         applied, version = await backend.migrate()
     finally:
@@ -413,7 +415,7 @@ async def _copy(settings: AgentSessionSettings, args: argparse.Namespace, out: T
 
     def progress(report: CopyReport) -> None:
         done = report.copied + report.skipped
-        if done % 1000 == 0:
+        if done and done % 1000 == 0:
             print(f"agent-sessions: copy: {done} session(s) so far", file=sys.stderr)
 
     report = await copy_database(

@@ -109,7 +109,10 @@ async def copy_database(
 ) -> CopyReport:
     """Copy every session from one database (a SQLite path or URL) into another.
 
-    The source must exist and is only read; the destination's tables are created if needed.
+    The source must exist; its schema is migrated like any database this library opens, and
+    its sessions are only read. The destination's tables are created if needed. A session at
+    the destination that differs from the source's is replaced by it (newer turns written
+    there included): stop the writers, or point them at the destination, before the copy.
 
     Raises:
         InvalidArgumentError: if a target is neither a path nor a supported URL, or both

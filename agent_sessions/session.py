@@ -372,8 +372,9 @@ class PostgresSession(BoundedSessionMixin, SessionABC):
     """``AgentSession`` on PostgreSQL: the same history, pruning and extras, on a server.
 
     Implements the SDK's session protocol; pass it as ``session=`` to ``Runner.run``. All
-    sessions of a process share one connection pool per database (see settings), so
-    opening one per request costs nothing. Needs ``pip install 'agent-sessions[postgres]'``.
+    sessions of a process share one connection pool per database and event loop (see
+    settings and ``close_server_pools``), so opening one per request costs nothing. Needs
+    ``pip install 'agent-sessions[postgres]'``.
 
     Attributes:
         user_id: The user's id, as a string.

@@ -61,7 +61,7 @@ class AgentSessionSettings(BaseSettings):
         description="PostgreSQL URL (postgresql://...); when set, used instead of db_path.",
     )
     pool_min_size: int = Field(
-        default=1, ge=0, le=10_000, description="PostgreSQL connections each process keeps open."
+        default=0, ge=0, le=10_000, description="PostgreSQL connections each process keeps open."
     )
     pool_max_size: int = Field(
         default=10, ge=1, le=10_000, description="PostgreSQL connections each process may open."

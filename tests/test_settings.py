@@ -113,7 +113,7 @@ def test_a_server_url_is_never_taken_for_a_sqlite_path(
         load_settings()
     monkeypatch.delenv("AGENT_SESSION_DB_PATH")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(InvalidArgumentError, match=r"app:\*\*\*@db.*server URL") as raised:
+    with pytest.raises(InvalidArgumentError, match=r"app@db.*server URL") as raised:
         AgentSession("u", "c", db_path="postgresql://app:secret@db/app")
     assert "secret" not in str(raised.value)
     assert list(tmp_path.iterdir()) == [], "nothing may be created for a URL"

@@ -29,7 +29,8 @@ def is_url(target: object) -> bool:
 class PoolOptions:
     """How a server backend's shared connection pool is sized and timed (see settings)."""
 
-    min_size: int = 1
+    min_size: int = 0
+    """0: no connection is opened in the background (see ``close_server_pools``)."""
     max_size: int = 10
     timeout: float = 10.0
     """Seconds to wait for a connection: to connect, or for a free one."""
@@ -50,9 +51,13 @@ async def close_server_pools() -> None:
 
 
 def redact_url(target: object) -> str:
-    """``target`` as text, with any password in a URL replaced by ``***``."""
+    """``target`` as text, any password in a URL left out."""
     text = str(target)
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@]*):[^@/]*@", r"\1:***@", text)
+    if not is_url(text) or "@" not in text:
+        return text
+    scheme, _, rest = text.partition("://")
+    userinfo, _, hosts = rest.rpartition("@")  # a password may hold "/", "?" or "#"
+    return f"{scheme}://{userinfo.partition(':')[0]}@{hosts}"
 
 
 def open_backend(

@@ -98,7 +98,7 @@ class PostgresBackend:
         url: str,
         *,
         create: bool = True,
-        pool_min_size: int = 1,
+        pool_min_size: int = 0,
         pool_max_size: int = 10,
         connect_timeout: float = 10.0,
         statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
@@ -263,7 +263,7 @@ class PostgresBackend:
     ) -> int:
         """Record activity, store the items and prune to ``max_items``, in one transaction.
 
-        As ``storage.append_items``: an output whose call is neither earlier in the batch
+        As ``sqlite.sql.append_items``: an output whose call is neither earlier in the batch
         nor stored is left out with a warning. Usually one round trip: every statement and
         the ``COMMIT`` go together, and the fast pruning rule runs in SQL. When the session
         needs the full rule, the server refuses that transaction and it is done again,
@@ -550,7 +550,7 @@ async def _finish_prune(
 ) -> int:
     """Complete ``sql.PRUNE_FAST``: the full rule where the fast path did not apply.
 
-    As ``storage.prune``: decode the whole session, cut where ``pruning.cut_index`` says, and
+    As ``sqlite.sql.prune``: decode the whole session, cut where ``pruning.cut_index`` says, and
     record the oldest call still answered late (0: none) for the next write.
     """
     assert row is not None  # the session row is locked

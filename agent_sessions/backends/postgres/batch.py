@@ -2,7 +2,7 @@
 
 The statements of a write are sent together, before any result comes back, so every decision
 that depends only on the batch is made here (with the same ``pruning`` functions SQLite's
-``storage.append_items`` uses), and the database makes the ones that depend on what is stored.
+``sqlite.sql.append_items`` uses), and the database makes the ones that depend on what is stored.
 """
 
 from __future__ import annotations

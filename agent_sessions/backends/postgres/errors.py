@@ -38,14 +38,17 @@ class FullPruneNeeded(Exception):
 
 def redact(url: str) -> str:
     """Return ``url`` (a URI or a ``key=value`` string) without its password."""
-    if url.startswith(("postgresql://", "postgres://")):
+    if url.lower().startswith(("postgresql://", "postgres://")):
         # By hand, not urllib: urlunsplit would turn "postgresql:///db" into "postgresql:/db".
         scheme, _, rest = url.partition("://")
+        # libpq takes a password with an unescaped "/", "?" or "#": the user info ends at the
+        # last "@", wherever it is (one later in the query only hides more, never less).
+        user = ""
+        if "@" in rest:
+            userinfo, _, rest = rest.rpartition("@")
+            user = userinfo.partition(":")[0] + "@"
         end = min((at for at in map(rest.find, "/?#") if at >= 0), default=len(rest))
-        netloc, path = rest[:end], rest[end:]
-        if "@" in netloc:
-            userinfo, _, hosts = netloc.rpartition("@")
-            netloc = f"{userinfo.partition(':')[0]}@{hosts}"
+        netloc, path = user + rest[:end], rest[end:]
         path, _, query = path.partition("?")
         query, hash_mark, fragment = query.partition("#")
         query = "&".join(

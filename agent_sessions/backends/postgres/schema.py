@@ -38,7 +38,7 @@ _CREATE_TABLES = (
         last_activity timestamptz NOT NULL,
         next_seq bigint NOT NULL DEFAULT 1 CHECK (next_seq >= 1),
         -- NULL: not known; 0: no call answered after a later user message is stored;
-        -- otherwise the seq of the oldest such call (see storage.LATE_CALL_NONE).
+        -- otherwise the seq of the oldest such call (see sqlite.sql.LATE_CALL_NONE).
         late_call_seq bigint CHECK (late_call_seq >= 0)
     )""",
     # message_data is text, not jsonb: payloads come back byte for byte. is_user and call_key

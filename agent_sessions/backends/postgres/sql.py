@@ -74,7 +74,7 @@ FIND_STORED_CALLS = f"SELECT call_key FROM ({_STORED_CALLS}) AS c"
 # The stored part of ``pruning.answers_late``: a stored call answered by this batch after a
 # user message (``late_keys``: outputs with one before them in the batch, or one themselves),
 # or a stored user message at or after the newest stored call of a key the batch answers
-# (as ``storage._find_stored_calls`` scans it: a user row that is the call counts).
+# (as ``sqlite.sql._find_stored_calls`` scans it: a user row that is the call counts).
 FORGET_IF_ANSWERED_LATE = f"""
     UPDATE {SESSIONS} SET late_call_seq = NULL
     WHERE session_id = %(sid)s AND EXISTS (
@@ -100,7 +100,7 @@ INSERT_ITEMS = f"""
             SELECT 1 FROM {ITEMS} AS c WHERE c.session_id = %(sid)s AND c.call_key = b.needs
         )
     )"""
-# The pruning fast path, as storage.prune takes it: when the session holds more than ``max``
+# The pruning fast path, as sqlite.sql.prune takes it: when the session holds more than ``max``
 # items and no call answered late (late_call_seq 0), cut at the first user message among the
 # newest ``max``. Returns (stored, late, cut, deleted). With ``strict``, a session that needs
 # the full rule raises FULL_PRUNE_SQLSTATE instead, which aborts the transaction (the client
