@@ -413,3 +413,21 @@ async def test_a_manager_takes_a_url_as_its_path_or_as_database_url(migrated_url
             assert manager.db_path == redacted(migrated_url)
             (stats,) = await manager.list_sessions()
             assert (stats.user_id, stats.message_count) == ("ada", 1)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:hunter#2@db.internal:5432/app",
+        "postgresql://app:a/b?c@db.internal/app?sslmode=require",
+        "PostgreSQL://app:hunter2@db.internal/app",
+    ],
+)
+def test_passwords_libpq_accepts_unescaped_are_never_shown(url: str) -> None:
+    from agent_sessions.backends import redact_url
+    from agent_sessions.backends.postgres.errors import redact
+
+    for shown in (redact(url), redact_url(url)):
+        assert "hunter" not in shown
+        assert "a/b?c" not in shown
+        assert "app@db.internal" in shown
