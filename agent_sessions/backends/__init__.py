@@ -51,13 +51,27 @@ async def close_server_pools() -> None:
 
 
 def redact_url(target: object) -> str:
-    """``target`` as text, any password in a URL left out."""
+    """``target`` as text, without any password of a URL (user info or ``password=``)."""
     text = str(target)
-    if not is_url(text) or "@" not in text:
+    if not is_url(text):
         return text
+    # By hand, not urllib: urlunsplit would turn "postgresql:///db" into "postgresql:/db".
     scheme, _, rest = text.partition("://")
-    userinfo, _, hosts = rest.rpartition("@")  # a password may hold "/", "?" or "#"
-    return f"{scheme}://{userinfo.partition(':')[0]}@{hosts}"
+    # libpq takes a password with an unescaped "/", "?" or "#": the user info ends at the
+    # last "@", wherever it is (one later in the query only hides more, never less).
+    user = ""
+    if "@" in rest:
+        userinfo, _, rest = rest.rpartition("@")
+        user = userinfo.partition(":")[0] + "@"
+    end = min((at for at in map(rest.find, "/?#") if at >= 0), default=len(rest))
+    netloc, path = user + rest[:end], rest[end:]
+    path, _, query = path.partition("?")
+    query, hash_mark, fragment = query.partition("#")
+    query = "&".join(
+        field for field in query.split("&") if field and field.partition("=")[0] != "password"
+    )
+    tail = (f"?{query}" if query else "") + (f"#{fragment}" if hash_mark else "")
+    return f"{scheme}://{netloc}{path}{tail}"
 
 
 def open_backend(

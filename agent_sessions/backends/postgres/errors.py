@@ -19,6 +19,7 @@ from ...errors import (
     StorageFullError,
     StorageUnavailableError,
 )
+from .. import is_url, redact_url
 
 FULL_PRUNE_SQLSTATE = "ASP01"
 """Raised on purpose by the one-round-trip write when the fast pruning rule does not apply."""
@@ -38,24 +39,8 @@ class FullPruneNeeded(Exception):
 
 def redact(url: str) -> str:
     """Return ``url`` (a URI or a ``key=value`` string) without its password."""
-    if url.lower().startswith(("postgresql://", "postgres://")):
-        # By hand, not urllib: urlunsplit would turn "postgresql:///db" into "postgresql:/db".
-        scheme, _, rest = url.partition("://")
-        # libpq takes a password with an unescaped "/", "?" or "#": the user info ends at the
-        # last "@", wherever it is (one later in the query only hides more, never less).
-        user = ""
-        if "@" in rest:
-            userinfo, _, rest = rest.rpartition("@")
-            user = userinfo.partition(":")[0] + "@"
-        end = min((at for at in map(rest.find, "/?#") if at >= 0), default=len(rest))
-        netloc, path = user + rest[:end], rest[end:]
-        path, _, query = path.partition("?")
-        query, hash_mark, fragment = query.partition("#")
-        query = "&".join(
-            field for field in query.split("&") if field and field.partition("=")[0] != "password"
-        )
-        tail = (f"?{query}" if query else "") + (f"#{fragment}" if hash_mark else "")
-        return f"{scheme}://{netloc}{path}{tail}"
+    if is_url(url):
+        return redact_url(url)
     try:
         params = conninfo_to_dict(url)
     except psycopg.Error:
