@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Self, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .backends import PoolOptions, is_url
+from .durations import format_duration, parse_duration
 from .errors import ConfigurationError, InvalidArgumentError
 from .ids import MAX_COUNT
 
@@ -50,7 +52,22 @@ class AgentSessionSettings(BaseSettings):
         default=7,
         ge=1,
         le=MAX_RETENTION_DAYS,
-        description="Sessions idle for longer than this are deleted by cleanup.",
+        description="Sessions idle for longer than this many days expire (see retention).",
+    )
+    retention: timedelta | None = Field(
+        default=None,
+        description=(
+            "How long a session may be idle before it expires, as a duration ('30m', '12h', "
+            "'7d'); when set, it replaces retention_days."
+        ),
+    )
+    cleanup_interval: timedelta | None = Field(
+        default=None,
+        description="Also sweep expired sessions this often ('5m'); unset: only daily.",
+    )
+    search_index: bool = Field(
+        default=True,
+        description="Index user and assistant message text for search_sessions.",
     )
     cleanup_hour: int = Field(default=2, ge=0, le=23, description="Hour of the daily cleanup.")
     cleanup_minute: int = Field(default=0, ge=0, le=59, description="Minute of the daily cleanup.")
@@ -89,6 +106,13 @@ class AgentSessionSettings(BaseSettings):
             raise ValueError("db_path is a SQLite path; put a server URL in database_url")
         return value
 
+    @field_validator("retention", "cleanup_interval", mode="before")
+    @classmethod
+    def _duration(cls, value: object, info: ValidationInfo) -> object:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None  # an empty variable means "not set"
+        return parse_duration(value, info.field_name or "duration")
+
     @field_validator("max_messages")
     @classmethod
     def _max_messages_storable(cls, value: int) -> int:
@@ -115,6 +139,27 @@ class AgentSessionSettings(BaseSettings):
                 f"{ENV_PREFIX}POOL_MIN_SIZE"
             )
         return self
+
+    @model_validator(mode="after")
+    def _one_retention(self) -> Self:
+        fields = self.model_fields_set
+        if (
+            "retention" in fields
+            and "retention_days" in fields
+            and self.retention is not None
+            and self.retention != timedelta(days=self.retention_days)
+        ):
+            raise ValueError(
+                f"retention ({format_duration(self.retention)}) and retention_days "
+                f"({self.retention_days}) disagree: set {ENV_PREFIX}RETENTION or "
+                f"{ENV_PREFIX}RETENTION_DAYS, not both"
+            )
+        return self
+
+    @property
+    def retention_period(self) -> timedelta:
+        """How long a session may be idle: ``retention`` when set, else ``retention_days``."""
+        return self.retention if self.retention is not None else timedelta(days=self.retention_days)
 
     @property
     def database(self) -> str | Path:
