@@ -74,9 +74,17 @@ _CREATE_TURN_LOCKS = (
     )""",
 )
 
+_ADD_TITLES_AND_METADATA = (
+    # A conversation's title (its first user message unless the app set one) and the app's
+    # metadata as JSON text (text, like message_data: returned byte for byte). A user's
+    # keyset-paginated list is served by the (user_id, last_activity DESC, session_id) index.
+    f"ALTER TABLE {sql.SESSIONS} ADD COLUMN title text, ADD COLUMN metadata text",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create the session and item tables", _CREATE_TABLES),
     Migration(2, "add per-session turn locks with leases", _CREATE_TURN_LOCKS),
+    Migration(3, "add conversation titles and metadata", _ADD_TITLES_AND_METADATA),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

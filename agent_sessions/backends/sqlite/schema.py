@@ -285,6 +285,21 @@ def _add_turn_locks(conn: sqlite3.Connection) -> None:
     )
 
 
+def _add_titles_and_metadata(conn: sqlite3.Connection) -> None:
+    # A conversation's title (its first user message unless the app set one) and the app's
+    # metadata as JSON text; and an index that serves a user's keyset-paginated list in its
+    # order (newest activity first, ties by id) without sorting.
+    existing = _columns(conn, SESSIONS_TABLE)
+    for column in ("title", "metadata"):
+        if column not in existing:
+            conn.execute(f"ALTER TABLE {SESSIONS_TABLE} ADD COLUMN {column} TEXT")
+    conn.execute(
+        f"CREATE INDEX IF NOT EXISTS idx_{SESSIONS_TABLE}_user_list "
+        f"ON {SESSIONS_TABLE} (user_id, last_activity_ts DESC, session_id)"
+    )
+    conn.execute(f"DROP INDEX IF EXISTS idx_{SESSIONS_TABLE}_user")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "adopt the SDK tables; add owner and activity columns", _adopt_sdk_tables),
     Migration(2, "remember calls answered after a later user message", _add_late_call_row),
@@ -292,6 +307,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         3, "re-check sessions for late answers, also after SDK writes", _recheck_after_sdk_writes
     ),
     Migration(4, "add per-session turn locks with leases", _add_turn_locks),
+    Migration(5, "add conversation titles and metadata", _add_titles_and_metadata),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
