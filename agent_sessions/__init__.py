@@ -25,7 +25,7 @@ from .errors import (
 )
 from .ids import get_session_id
 from .manager import SessionManager
-from .models import SessionStats
+from .models import ConversationExport, SessionPage, SessionStats
 from .settings import AgentSessionSettings, get_settings
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ __all__ = [
     "AgentSessionSettings",
     "AgentSessionsError",
     "ConfigurationError",
+    "ConversationExport",
     "CorruptDatabaseError",
     "EventLoopMismatchError",
     "InvalidArgumentError",
@@ -50,6 +51,7 @@ __all__ = [
     "SessionClosedError",
     "SessionManager",
     "SessionNotFoundError",
+    "SessionPage",
     "SessionStats",
     "StorageBusyError",
     "StorageError",

@@ -112,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--cursor", help="continue after the page that printed this cursor (keyset paging)"
     )
     listing.add_argument(
-        "--all", action="store_true", help="also sessions idle past retention (expired)"
+        "--active",
+        action="store_true",
+        help="only sessions not idle past retention (the default lists all stored)",
     )
     listing.add_argument("--json", action="store_true", help="print JSON")
 
@@ -291,7 +293,7 @@ async def _list(manager: SessionManager, args: argparse.Namespace, out: TextIO) 
         limit=args.limit,
         offset=args.offset,
         cursor=args.cursor,
-        include_expired=args.all,
+        include_expired=not args.active,
     )
     if args.json:
         _sessions_json(sessions, out)

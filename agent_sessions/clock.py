@@ -63,12 +63,14 @@ def cutoff_before(moment: datetime, period: timedelta) -> float:
     boundary (float subtraction could be off by a rounding step).
 
     Raises:
-        InvalidArgumentError: if ``moment`` is not aware. Before year 1, the earliest time.
+        InvalidArgumentError: if ``moment`` is not aware, or the result is before year 1.
     """
     try:
         return to_timestamp(as_utc(moment) - period)
     except OverflowError:
-        return to_timestamp(_EARLIEST)
+        raise InvalidArgumentError(
+            f"the clock's time {moment!r} is too early to subtract {period} from"
+        ) from None
 
 
 _LATEST = datetime.max.replace(tzinfo=UTC)

@@ -73,11 +73,10 @@ def content_text(content: object) -> str:
 
 def render_markdown(stats: SessionStats, items: Sequence[Mapping[str, Any]]) -> str:
     """Render a session's items as a readable Markdown transcript."""
-    heading = f"# {stats.title}" if stats.title else f"# Session `{stats.session_id}`"
     lines = [
-        heading,
+        f"# Session `{stats.session_id}`",
         "",
-        f"- session: `{stats.session_id}`",
+        f"- title: {stats.title}" if stats.title else "- title: (none yet)",
         f"- user: `{stats.user_id}`",
         f"- conversation: `{stats.conversation_id}`",
         f"- items: {stats.message_count} (corrupt rows skipped: {stats.corrupt_items})",

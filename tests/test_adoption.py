@@ -22,6 +22,7 @@ from agent_sessions import (
 )
 from agent_sessions.backends.sqlite import connection, schema, sql
 from agent_sessions.backends.sqlite.engine import close_idle_connections
+from agent_sessions.settings import get_settings
 from tests.conftest import FakeClock
 from tests.items import assistant, user
 
@@ -55,6 +56,14 @@ def snapshot(db_path: Path) -> list[Any]:
             conn.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
             for table in ("sqlite_master", "agent_sessions", "agent_messages")
         ]
+
+
+@pytest.fixture(autouse=True)
+def _history_does_not_expire(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The adopted data is dated early 2026 on purpose; these tests are about adoption, and
+    # test_adopted_sessions_expire_like_the_rest about expiry, with a retention of its own.
+    monkeypatch.setenv("AGENT_SESSION_RETENTION", "36500d")
+    get_settings.cache_clear()
 
 
 async def write_legacy(db_path: Path) -> None:
@@ -94,13 +103,13 @@ async def test_history_is_readable_through_agent_session(legacy_db: Path) -> Non
     with AgentSession("42", "abc", db_path=legacy_db) as session:
         assert session.session_id == "user_42_conv_abc"
         assert await session.get_items() == legacy_items("user_42_conv_abc")
-    async with SessionManager(legacy_db, max_messages=100, retention_days=7) as manager:
+    async with SessionManager(legacy_db, max_messages=100) as manager:
         for session_id in (*LEGACY_IDS, ORPHANED):
             assert await manager.get_items(session_id) == legacy_items(session_id), session_id
 
 
 async def test_owners_filled_in_only_for_splittable_ids(legacy_db: Path) -> None:
-    async with SessionManager(legacy_db, max_messages=100, retention_days=7) as manager:
+    async with SessionManager(legacy_db, max_messages=100) as manager:
         owners = {
             session_id: (stats.user_id, stats.conversation_id, stats.message_count)
             for session_id in (*LEGACY_IDS, ORPHANED)
@@ -117,7 +126,7 @@ async def test_owners_filled_in_only_for_splittable_ids(legacy_db: Path) -> None
 
 
 async def test_sdk_timestamps_become_aware_utc(legacy_db: Path) -> None:
-    async with SessionManager(legacy_db, max_messages=100, retention_days=7) as manager:
+    async with SessionManager(legacy_db, max_messages=100) as manager:
         stats = await manager.get_session_stats("user_42_conv_abc")
     assert stats.created_at.utcoffset() == timedelta(0)
     assert stats.last_activity.utcoffset() == timedelta(0)
@@ -127,7 +136,7 @@ async def test_sdk_timestamps_become_aware_utc(legacy_db: Path) -> None:
 
 
 async def test_sdk_timestamps_convert_exactly(legacy_db: Path) -> None:
-    async with SessionManager(legacy_db, max_messages=100, retention_days=7) as manager:
+    async with SessionManager(legacy_db, max_messages=100) as manager:
         touched = await manager.get_session_stats("user_42_conv_abc")
         orphaned = await manager.get_session_stats(ORPHANED)
     found = [
@@ -145,7 +154,7 @@ async def test_sdk_timestamps_convert_exactly(legacy_db: Path) -> None:
 
 
 async def test_messages_without_a_session_row_get_one(legacy_db: Path) -> None:
-    async with SessionManager(legacy_db, max_messages=100, retention_days=7) as manager:
+    async with SessionManager(legacy_db, max_messages=100) as manager:
         stats = await manager.get_session_stats(ORPHANED)
         listed = {s.session_id for s in await manager.list_sessions()}
     # The messages' created_at were set to 2025-06-01..03 08:00: MIN and MAX of them.
@@ -174,7 +183,7 @@ async def test_adopted_sessions_expire_like_the_rest(legacy_db: Path) -> None:
 async def test_schema_version_is_recorded_and_user_version_untouched(legacy_db: Path) -> None:
     with AgentSession("42", "abc", db_path=legacy_db) as session:
         await session.get_items()
-    async with SessionManager(legacy_db, max_messages=100, retention_days=7) as manager:
+    async with SessionManager(legacy_db, max_messages=100) as manager:
         await manager.get_session_count()
     versions = query(legacy_db, "SELECT version FROM agent_sessions_schema")
     assert versions == [(m.version,) for m in schema.MIGRATIONS], versions
@@ -188,7 +197,7 @@ async def test_agent_session_writes_to_an_adopted_session(legacy_db: Path) -> No
         items = await session.get_items()
     # Pruning applies to the legacy items too: the newest turn that fits is kept.
     assert items == [user("new turn"), assistant("new reply")], items
-    async with SessionManager(legacy_db, max_messages=100, retention_days=7) as manager:
+    async with SessionManager(legacy_db, max_messages=100) as manager:
         stats = await manager.get_session_stats("user_42_conv_abc")
     assert stats.created_at == datetime(2025, 12, 31, 9, 0, tzinfo=UTC), "created_at moved"
     assert stats.last_activity == clock.now
@@ -200,7 +209,7 @@ async def test_agent_session_writes_to_an_adopted_session(legacy_db: Path) -> No
 async def test_plain_sqlite_session_still_reads_and_writes(legacy_db: Path) -> None:
     from agents import SQLiteSession
 
-    async with SessionManager(legacy_db, max_messages=100, retention_days=7) as manager:
+    async with SessionManager(legacy_db, max_messages=100) as manager:
         await manager.open()  # adopt
 
     # The SDK's CURRENT_TIMESTAMP has one-second resolution; the millisecond allows for the
@@ -220,7 +229,7 @@ async def test_plain_sqlite_session_still_reads_and_writes(legacy_db: Path) -> N
 
     with AgentSession("42", "abc", db_path=legacy_db) as session:
         assert (await session.get_items())[-1] == user("from the sdk")
-    async with SessionManager(legacy_db, max_messages=100, retention_days=7) as manager:
+    async with SessionManager(legacy_db, max_messages=100) as manager:
         touched = await manager.get_session_stats("user_42_conv_abc")
         new = await manager.get_session_stats("user_9_conv_new")
         listed = {s.session_id for s in await manager.list_sessions()}
@@ -253,7 +262,7 @@ def _adopt_worker(path: str, index: int, barrier: Any, applied: Any, results: An
         if index % 2 == 0:
             with AgentSession("42", "abc", db_path=path) as session:
                 return len(await session.get_items())
-        async with SessionManager(path, max_messages=100, retention_days=7) as manager:
+        async with SessionManager(path, max_messages=100) as manager:
             return (await manager.get_session_stats("user_42_conv_abc")).message_count
 
     try:
@@ -300,12 +309,14 @@ def test_four_processes_adopt_the_file_exactly_once(legacy_db: Path) -> None:
             "created_ts",
             "last_activity_ts",
             "late_call_row",
+            "title",
+            "metadata",
         ]
     ), columns
 
 
 async def test_newer_schema_version_is_refused(legacy_db: Path) -> None:
-    async with SessionManager(legacy_db, max_messages=100, retention_days=7) as manager:
+    async with SessionManager(legacy_db, max_messages=100) as manager:
         await manager.open()
     execute(
         legacy_db,
@@ -315,7 +326,7 @@ async def test_newer_schema_version_is_refused(legacy_db: Path) -> None:
     before = snapshot(legacy_db)
     with pytest.raises(StorageError, match="newer"):
         AgentSession("42", "abc", db_path=legacy_db)
-    manager = SessionManager(legacy_db, max_messages=100, retention_days=7)
+    manager = SessionManager(legacy_db, max_messages=100)
     try:
         with pytest.raises(StorageError, match=f"version {schema.LATEST_VERSION + 1}"):
             await manager.get_session_count()
@@ -325,7 +336,7 @@ async def test_newer_schema_version_is_refused(legacy_db: Path) -> None:
 
 
 async def test_newer_schema_version_error_names_the_database(legacy_db: Path) -> None:
-    async with SessionManager(legacy_db, max_messages=100, retention_days=7) as manager:
+    async with SessionManager(legacy_db, max_messages=100) as manager:
         await manager.open()
     execute(
         legacy_db,
@@ -351,7 +362,7 @@ async def test_hand_built_ids_with_underscores_keep_their_history(tmp_path: Path
         await session.add_items([{"role": "user", "content": "still here"}])
     with AgentSession("ada_lovelace", "trip-2", db_path=path) as fresh:
         assert fresh.session_id == "user_ada%5Flovelace_conv_trip-2"  # new ones are encoded
-    async with SessionManager(path, max_messages=100, retention_days=7) as manager:
+    async with SessionManager(path, max_messages=100) as manager:
         listed = [s.session_id for s in await manager.list_sessions("ada_lovelace")]
     assert listed == ["user_ada_lovelace_conv_trip-1"]
 
@@ -366,7 +377,7 @@ async def test_a_hand_built_id_that_is_also_ours_stays_with_its_author(tmp_path:
         legacy = SQLiteSession(session_id, path)
         await legacy.add_items([user(f"written as {session_id}")])  # type: ignore[list-item]
         legacy.close()
-    async with SessionManager(path, max_messages=100, retention_days=7) as manager:
+    async with SessionManager(path, max_messages=100) as manager:
         owners = {
             s.session_id: (s.user_id, s.conversation_id) for s in await manager.list_sessions()
         }
@@ -444,7 +455,9 @@ async def test_a_version_3_database_gets_turn_locks(tmp_path: Path) -> None:
     )
     with AgentSession("ada", "c1", db_path=path) as session:
         assert await session.get_items() == [user("before the upgrade")]
-    assert query(path, "SELECT MAX(version) FROM agent_sessions_schema") == [(4,)]
+    assert query(path, "SELECT MAX(version) FROM agent_sessions_schema") == [
+        (schema.LATEST_VERSION,)
+    ]
     with closing(schema.connect(path)) as conn, connection.write_transaction(conn):
         assert sql.take_turn_lock(conn, "user_ada_conv_c1", "me", 1.0, 31.0)
         assert not sql.take_turn_lock(conn, "user_ada_conv_c1", "other", 30.0, 60.0)

@@ -41,10 +41,22 @@ ORPHANS = (
 )
 
 
+WRITER_RETENTION = "3650d"
+
+
 async def write(
     db_path: Path, conversation: str, items: list[dict[str, Any]], clock: FakeClock
 ) -> str:
-    with AgentSession("u", conversation, db_path=db_path, max_messages=1000, clock=clock) as s:
+    # The writers' retention is longer than any idle time here: a late write then adds to
+    # an idle session instead of starting it afresh, so rows lost could only be cleanup's.
+    with AgentSession(
+        "u",
+        conversation,
+        db_path=db_path,
+        max_messages=1000,
+        clock=clock,
+        retention=WRITER_RETENTION,
+    ) as s:
         await s.add_items(items)  # type: ignore[arg-type]
         return s.session_id
 
@@ -291,7 +303,7 @@ async def test_session_written_while_cleanup_runs_is_kept_whole(
     assert session_ids(db_path) == {target}
     assert rows_per_session(db_path) == {target: 4}, "the written session lost rows"
     assert orphans(db_path) == 0
-    with AgentSession("u", "s0", db_path=db_path) as session:
+    with AgentSession("u", "s0", db_path=db_path, clock=clock) as session:
         assert [item["content"] for item in await session.get_items()][-1] == "late reply"
 
 
@@ -306,7 +318,10 @@ async def test_cleanup_racing_many_writers_leaves_whole_sessions(
     later = FakeClock(clock.now)
     written = [f"s{n:03}" for n in range(0, count, 2)]
     sessions = [
-        AgentSession("u", name, db_path=db_path, max_messages=1000, clock=later) for name in written
+        AgentSession(
+            "u", name, db_path=db_path, max_messages=1000, clock=later, retention=WRITER_RETENTION
+        )
+        for name in written
     ]
 
     async def writer(share: list[AgentSession]) -> None:

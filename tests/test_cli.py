@@ -178,13 +178,15 @@ def test_list_text(populated: Path) -> None:
         "CORRUPT",
         "LAST",
         "ACTIVITY",
+        "TITLE",
     ]
     assert set(lines[1]) <= {"-", " "}
     rows = [line.split() for line in lines[2:]]
+    # Listings count rows without decoding them: corrupt rows are not told apart ("-").
     assert [row[:5] for row in rows] == [
-        [ALICE_1, "alice", "c1", "6", "0"],
-        [ALICE_2, "alice", "c2", "2", "0"],
-        [BOB, "bob", "c1", "3", "0"],
+        [ALICE_1, "alice", "c1", "6", "-"],
+        [ALICE_2, "alice", "c2", "2", "-"],
+        [BOB, "bob", "c1", "3", "-"],
     ], output
 
 
@@ -214,7 +216,7 @@ def test_list_text_and_json_print_the_same_timestamps(populated: Path) -> None:
     asyncio.run(on_the_second())
     code, text = run("--db", populated, "list")
     assert code == 0
-    shown = {line.split()[0]: line.split()[-1] for line in text.splitlines()[2:]}
+    shown = {line.split()[0]: line.split()[5] for line in text.splitlines()[2:]}
     code, output = run("--db", populated, "list", "--json")
     assert code == 0
     listed = json.loads(output)
@@ -392,8 +394,8 @@ def test_cleanup_dry_run_lists_the_sessions_it_would_delete(populated: Path) -> 
     lines = table.splitlines()
     assert lines[0].split()[:5] == ["SESSION", "USER", "CONVERSATION", "ITEMS", "CORRUPT"]
     assert [line.split()[:5] for line in lines[2:]] == [
-        [BOB, "bob", "c1", "3", "0"],  # oldest activity first
-        [carol, "carol", "c20", "2", "0"],
+        [BOB, "bob", "c1", "3", "-"],  # oldest activity first
+        [carol, "carol", "c20", "2", "-"],
     ], output
     code, output = run("--db", populated, "cleanup", "--dry-run", "--retention-days", "25")
     assert code == 0

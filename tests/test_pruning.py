@@ -443,7 +443,7 @@ def test_storage_prune_keeps_exactly_the_cut_index_suffix(
     neighbour = f"{session_id}-neighbour"
     with connection.write_transaction(conn):
         for sid in (session_id, neighbour):
-            conn.execute(sql.UPSERT_SESSION, (sid, None, None, 1.0, 1.0))
+            conn.execute(sql.UPSERT_SESSION, (sid, None, None, 1.0, 1.0, None))
         for position, payload in enumerate(payloads):
             conn.execute(sql.INSERT_ROW, (session_id, payload))
             if neighbour_every and position % neighbour_every == 0:

@@ -262,7 +262,7 @@ async def test_session_row_records_owner_and_activity_from_the_clock(
         indexes = {r[1] for r in conn.execute("PRAGMA index_list(agent_sessions)")}
     conn.close()
     assert row == ("alice", "c1", created, clock.now.timestamp())
-    assert {"idx_agent_sessions_user", "idx_agent_sessions_last_activity"} <= indexes
+    assert {"idx_agent_sessions_user_list", "idx_agent_sessions_last_activity"} <= indexes
 
 
 async def test_pruning_runs_on_every_write(db_path: Path) -> None:
@@ -521,6 +521,9 @@ async def test_a_clock_returning_a_naive_datetime_is_a_clear_error(db_path: Path
     with AgentSession("u", "c", db_path=db_path, clock=lambda: datetime(2026, 1, 1)) as session:
         with pytest.raises(InvalidArgumentError, match="aware datetime"):
             await session.add_items([user("x")])
+        with pytest.raises(InvalidArgumentError, match="aware datetime"):
+            await session.get_items()  # expiry is decided by the clock: reads need it too
+    with AgentSession("u", "c", db_path=db_path) as session:
         assert await session.get_items() == []
 
 

@@ -274,7 +274,10 @@ class Backend(Protocol):
         ...
 
     async def list_idle_sessions(self, cutoff: float, limit: int | None) -> list[SessionStats]:
-        """Sessions whose last activity is before ``cutoff``, oldest activity first."""
+        """Sessions whose last activity is before ``cutoff``, oldest activity first.
+
+        As in ``list_sessions``, counts are of stored rows (``corrupt_items`` is ``None``).
+        """
         ...
 
     async def session_ids(self) -> list[str]:

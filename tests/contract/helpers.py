@@ -29,10 +29,16 @@ async def write(
     *,
     clock: FakeClock | None = None,
     max_messages: int = 1000,
+    retention: str | None = None,
 ) -> str:
     """Add ``items`` in one ``add_items`` through a fresh session; return its session id."""
     with get_agent_session(
-        user_id, conversation_id, db_path=target, max_messages=max_messages, clock=clock
+        user_id,
+        conversation_id,
+        db_path=target,
+        max_messages=max_messages,
+        clock=clock,
+        retention=retention,
     ) as session:
         await session.add_items(items)  # type: ignore[arg-type]
         return session.session_id

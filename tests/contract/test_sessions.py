@@ -317,7 +317,11 @@ async def test_bad_arguments_are_refused_and_create_nothing(target: str) -> None
     with get_agent_session("u", "c", db_path=target, clock=lambda: naive) as session:
         with pytest.raises(InvalidArgumentError, match="aware datetime"):
             await session.add_items([user("x")])  # type: ignore[list-item]
-        assert await session.get_items() == []
+        with pytest.raises(InvalidArgumentError, match="aware datetime"):
+            await session.get_items()  # expiry is decided by the clock: reads need it too
+    for bad in ("", "0m", "-5m", "3x", "7 days", 0, -1.0, float("nan"), True, [1], "36501d"):
+        with pytest.raises(InvalidArgumentError, match="retention"):
+            get_agent_session("u", "c", db_path=target, retention=bad)  # type: ignore[arg-type]
     assert await session_count(target) == 0
 
 

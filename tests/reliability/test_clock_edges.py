@@ -86,11 +86,20 @@ def stored_ts(db: Path, session_id: str) -> float:
 
 
 async def write(db: Path, conversation: str, *moments: datetime, user: str = "u") -> str:
-    """One add_items per moment, each through a writer whose clock reads that moment."""
+    """One add_items per moment, each through a writer whose clock reads that moment.
+
+    The writers' retention is a century: these tests are about cleanup's cutoff, so a write
+    long after the one before must add to the session, not start it afresh.
+    """
     session_id = ""
     for moment in moments:
         with AgentSession(
-            user, conversation, db_path=db, max_messages=10_000, clock=FakeClock(moment)
+            user,
+            conversation,
+            db_path=db,
+            max_messages=10_000,
+            clock=FakeClock(moment),
+            retention="36500d",
         ) as session:
             await session.add_items([ITEM])  # type: ignore[list-item]
             session_id = session.session_id

@@ -468,7 +468,10 @@ async def test_manager_writes_on_a_full_disk_are_all_or_nothing(
             # The manager still reads while full.
             count = await manager.get_session_count()
             assert count == len(kept), f"{figures}; the manager counts {count}"
-            listed = {s.session_id: s.message_count for s in await manager.list_sessions()}
+            listed = {
+                s.session_id: s.message_count
+                for s in await manager.list_sessions(include_expired=True)
+            }
             assert listed == {sid: len(expected[sid]) for sid in kept}, figures
 
             await disk.free()
@@ -721,7 +724,8 @@ async def test_reads_skip_corrupt_rows_exactly(db_path: Path) -> None:
     assert (stats.message_count, stats.corrupt_items) == (len(GOOD), len(BAD)), (
         f"{figures}: stats say {stats.message_count} items, {stats.corrupt_items} corrupt"
     )
-    assert [(s.message_count, s.corrupt_items) for s in listed] == [(len(GOOD), len(BAD))]
+    # A listing counts stored rows without decoding them (corrupt_items None).
+    assert [(s.message_count, s.corrupt_items) for s in listed] == [(len(GOOD) + len(BAD), None)]
     assert [data for _, data in raw_rows(db_path, session_id)].count("42") == 1, "rows changed"
 
 
@@ -868,7 +872,10 @@ def read_all_sessions(
 def manager_outcome(path: Path) -> BaseException | None:
     async def run() -> None:
         async with SessionManager(path, max_messages=100, retention_days=7) as manager:
-            await manager.list_sessions(limit=1000)
+            # A listing counts rows from the index; reading each session's items reaches
+            # the damaged pages.
+            for listed in await manager.list_sessions(limit=1000, include_expired=True):
+                await manager.get_session_stats(listed.session_id)
             await manager.get_session_count()
 
     try:
@@ -880,12 +887,18 @@ def manager_outcome(path: Path) -> BaseException | None:
 
 def check_cli_refuses(path: Path, capsys: pytest.CaptureFixture[str], what: str) -> None:
     """In process and as the installed script: exit 1, one line naming the path."""
+    # Listing counts rows from an index; exporting each user reads every item, and so
+    # reaches damage wherever it is. The first command that fails is checked.
     capsys.readouterr()
-    code = cli_main(["--db", str(path), "list", "--limit", "1000"])
-    captured = capsys.readouterr()
+    for n in range(10):
+        command = ["export", "--user", f"user{n}"]
+        code = cli_main(["--db", str(path), *command])
+        captured = capsys.readouterr()
+        if code != 0:
+            break
     assert code == 1, f"{what}: main() returned {code}; stderr {captured.err!r}"
     assert_one_line_error(captured.err, path, f"{what} (main)")
-    done = run_cli_process("--db", str(path), "list")
+    done = run_cli_process("--db", str(path), *command)
     assert done.returncode == 1, f"{what}: script exited {done.returncode}: {done.stderr!r}"
     assert_one_line_error(done.stderr, path, f"{what} (script)")
 

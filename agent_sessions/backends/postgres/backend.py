@@ -642,7 +642,7 @@ class PostgresBackend:
         rows = await self._fetchall(
             sql.LIST_IDLE_SESSIONS, {"cutoff": _db_time(cutoff), "limit": limit}
         )
-        return [_stats(row) for row in rows]
+        return [_stats_from(row, int(row[7]), None) for row in rows]
 
     async def session_ids(self) -> list[str]:
         """Every session id, sorted (by code point)."""

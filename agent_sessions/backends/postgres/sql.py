@@ -256,7 +256,7 @@ DELETE_BATCH_ITEMS = f"""
 DELETE_BATCH_SESSIONS = f"DELETE FROM {SESSIONS} WHERE session_id = ANY(%(ids)s::text[])"
 # LIMIT NULL is no limit.
 LIST_IDLE_SESSIONS = (
-    f"{_STATS} WHERE s.last_activity < %(cutoff)s "
+    f"{LIST_WITH_COUNTS} WHERE s.last_activity < %(cutoff)s "
     "ORDER BY s.last_activity, s.session_id LIMIT %(limit)s"
 )
 SESSION_IDS = f"SELECT session_id FROM {SESSIONS} ORDER BY session_id"

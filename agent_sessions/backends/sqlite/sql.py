@@ -476,8 +476,8 @@ COUNT_SESSIONS_AND_ROWS = (
 # One idleness test, ``last_activity_ts < cutoff``, for counting, listing and deleting.
 COUNT_IDLE_SESSIONS = f"SELECT COUNT(*) FROM {SESSIONS_TABLE} WHERE last_activity_ts < ?"
 LIST_IDLE_SESSIONS = (
-    f"SELECT {_SESSION_COLUMNS} FROM {SESSIONS_TABLE} WHERE last_activity_ts < ? "
-    "ORDER BY last_activity_ts, session_id LIMIT ?"
+    f"{LIST_WITH_COUNTS} WHERE s.last_activity_ts < ? "
+    "ORDER BY s.last_activity_ts, s.session_id LIMIT ?"
 )
 SELECT_IDLE_BATCH = (
     f"SELECT session_id FROM {SESSIONS_TABLE} WHERE last_activity_ts < ? "
@@ -580,7 +580,7 @@ def list_idle_sessions(
 ) -> list[SessionStats]:
     """Sessions idle since before ``cutoff``, oldest activity first."""
     rows = conn.execute(LIST_IDLE_SESSIONS, (cutoff, -1 if limit is None else limit)).fetchall()
-    return [_stats(conn, row) for row in rows]
+    return [_stats_from(row, int(row[7]), None) for row in rows]
 
 
 def session_ids(conn: sqlite3.Connection) -> list[str]:
