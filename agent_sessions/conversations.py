@@ -45,7 +45,9 @@ def default_title(items: Iterable[Item]) -> str | None:
         text = item_text(item)
         if text is None:
             continue
-        flat = _SPACE.sub(" ", "".join(c for c in text if _printable(c) or c.isspace())).strip()
+        # Only the start can make the title: a 1 MB message must not cost a pass over it all.
+        head = text[: DEFAULT_TITLE_LENGTH * 4]
+        flat = _SPACE.sub(" ", "".join(c for c in head if _printable(c) or c.isspace())).strip()
         if not flat:
             continue
         if len(flat) <= DEFAULT_TITLE_LENGTH:

@@ -215,8 +215,8 @@ async def test_sqlite_to_postgres_and_back_keeps_everything(pg_url: str, tmp_pat
         assert (again["sessions_copied"], again["sessions_already_there"]) == (0, 6)
         assert again["verified"] is True
 
-    # The copy is a working database: its sessions go on.
-    with get_agent_session("alice", "trip", db_path=pg_url) as session:
+    # The copy is a working database: its sessions go on (dated long ago: a long retention).
+    with get_agent_session("alice", "trip", db_path=pg_url, retention="36500d") as session:
         stored = await session.get_items()
         assert stored[-1] == json.loads(HAND_WRITTEN[1])
         await session.add_items([user("after the move")])  # type: ignore[list-item]

@@ -31,6 +31,7 @@ from agent_sessions import (
     get_agent_session,
 )
 from agent_sessions.backends import open_backend
+from agent_sessions.backends.postgres import schema as pg_schema
 from agent_sessions.cli import main
 from agent_sessions.session import PostgresSession
 from agent_sessions.settings import get_settings, load_settings
@@ -315,7 +316,8 @@ def test_migrate_creates_the_tables_once(live_url: str, capsys: pytest.CaptureFi
     code, output = run_cli("--db", live_url, "migrate")
     assert (code, output) == (
         0,
-        f"{redacted(live_url)}: applied 2 migration(s); schema version 2\n",
+        f"{redacted(live_url)}: applied {len(pg_schema.MIGRATIONS)} migration(s); "
+        f"schema version {pg_schema.LATEST_VERSION}\n",
     )
     assert table_names(live_url) >= {
         "agent_sessions_schema",
@@ -326,7 +328,8 @@ def test_migrate_creates_the_tables_once(live_url: str, capsys: pytest.CaptureFi
     code, output = run_cli("--db", live_url, "migrate")
     assert (code, output) == (
         0,
-        f"{redacted(live_url)}: applied 0 migration(s); schema version 2\n",
+        f"{redacted(live_url)}: applied 0 migration(s); "
+        f"schema version {pg_schema.LATEST_VERSION}\n",
     )
     code, output = run_cli("--db", live_url, "stats", "--json")
     assert code == 0

@@ -162,10 +162,10 @@ async def test_listing_orders_by_activity_then_id(backend: PostgresBackend) -> N
     await append(backend, "b", [user("q")], now=T0, user_id="alice")
     await append(backend, "a", [user("q")], now=T0, user_id="alice")
     await append(backend, "c", [user("q")], now=T0 + 1, user_id="bob")
-    listed = await backend.list_sessions(None, 10, 0)
+    listed = [stats for stats, _ in await backend.list_sessions(None, 10, 0)]
     assert [s.session_id for s in listed] == ["c", "a", "b"]
-    assert [s.session_id for s in await backend.list_sessions(None, 1, 1)] == ["a"]
-    assert [s.session_id for s in await backend.list_sessions("alice", 10, 0)] == ["a", "b"]
+    assert [s.session_id for s, _ in await backend.list_sessions(None, 1, 1)] == ["a"]
+    assert [s.session_id for s, _ in await backend.list_sessions("alice", 10, 0)] == ["a", "b"]
     assert await backend.list_sessions("nobody", 10, 0) == []
     assert listed[0].created_at.tzinfo is UTC
 
