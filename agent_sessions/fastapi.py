@@ -108,7 +108,8 @@ class ConversationUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     title: str | None = Field(
-        default=None, description="The new title; null returns to the default title."
+        default=None,
+        description="The new title; null clears it (the next user message sets the default).",
     )
     metadata: dict[str, Any] | None = Field(
         default=None, description="Replaces the metadata object; null empties it."
