@@ -9,7 +9,9 @@ from __future__ import annotations
 import gc
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -216,6 +218,50 @@ async def test_search_finds_only_my_conversations(db_path: Path) -> None:
     assert none.json() == {"hits": []}
     assert deleted.status_code == 204
     assert after.json() == {"hits": []}
+
+
+class _StubbedSearch(SessionManager):
+    """A real manager whose ``search_sessions`` answers fixed hits and records its calls.
+
+    It checks only the route's side (arguments in, hits out) and runs on any base; the
+    search itself is tested above once ``search_sessions`` exists.
+    """
+
+    calls: list[tuple[str, str, int]]
+
+    async def search_sessions(self, user_id: str, query: str, *, limit: int = 20) -> list[Any]:
+        self.calls.append((user_id, query, limit))
+        moment = datetime(2026, 1, 15, 12, tzinfo=UTC)
+        hit = {"title": "Oslo", "snippet": "[Oslo] in May", "rank": 2.5, "last_activity": moment}
+        return [
+            SimpleNamespace(session_id="user_ada_conv_trip", conversation_id="trip", **hit),
+            SimpleNamespace(session_id="adopted", conversation_id=None, **hit),
+        ]
+
+
+async def test_the_search_route_passes_the_user_and_answers_the_hits(db_path: Path) -> None:
+    manager = _StubbedSearch(db_path)
+    manager.calls = []
+    async with manager, client_for(make_app(manager)) as client:
+        response = await client.get(
+            "/conversations/search", headers=ADA, params={"q": "oslo may", "limit": 7}
+        )
+        too_many = await client.get(
+            "/conversations/search", headers=ADA, params={"q": "oslo", "limit": 101}
+        )
+    assert manager.calls == [("ada", "oslo may", 7)]
+    assert response.json() == {
+        "hits": [
+            {
+                "conversation_id": "trip",
+                "title": "Oslo",
+                "snippet": "[Oslo] in May",
+                "rank": 2.5,
+                "last_activity": "2026-01-15T12:00:00Z",
+            }
+        ]
+    }
+    assert too_many.status_code == 422
 
 
 async def test_search_that_is_off_is_501(db_path: Path) -> None:
