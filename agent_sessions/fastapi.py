@@ -254,7 +254,8 @@ def conversations_router(
     Routes (under ``prefix``): ``GET /`` list (``?limit=&cursor=``), ``GET /search?q=``,
     ``GET /export`` (``?format=json|markdown``, streamed), ``DELETE /`` delete all mine,
     ``GET /{conversation_id}`` one with its items, ``PATCH /{conversation_id}`` rename or set
-    metadata, ``DELETE /{conversation_id}``.
+    metadata, ``DELETE /{conversation_id}``. ``GET`` cannot read conversations whose id is
+    ``search`` or ``export`` (those are routes), nor ids holding ``/``.
 
     Args:
         get_user_id: A FastAPI dependency returning the authenticated user's id (sync or
@@ -264,7 +265,7 @@ def conversations_router(
             router builds one from the settings on first use and closes it when the app
             shuts down (include the router with ``app.include_router``, which runs its
             lifespan).
-        prefix: Path prefix of every route.
+        prefix: Path prefix of every route; not empty (the list route is the prefix).
         tags: OpenAPI tags of every route.
 
     Returns:
