@@ -248,6 +248,14 @@ class SessionManager:
         """The activity time before which a session has expired, by ``retention``."""
         return cutoff_before(self._clock(), self.retention)
 
+    def has_expired(self, stats: SessionStats) -> bool:
+        """Whether the session of ``stats`` has been idle longer than ``retention`` by now.
+
+        An expired session reads as empty and its next write starts it afresh, even before
+        cleanup deletes it; ``get_session_stats`` and ``get_items`` still show what is stored.
+        """
+        return to_timestamp(stats.last_activity) < self._expiry_cutoff()
+
     def _cutoff(self, retention_days: int) -> float:
         # Subtract as datetimes, then convert: float seconds minus a float span can round
         # differently from the stored value of the same instant (near powers of two).
@@ -416,7 +424,7 @@ class SessionManager:
         decoded = await self._use(lambda: self._backend.stored_items(session_id))
         if stats is None or decoded is None:
             return None  # deleted since it was listed
-        if not include_expired and to_timestamp(stats.last_activity) < self._expiry_cutoff():
+        if not include_expired and self.has_expired(stats):
             return None
         counts = {
             "message_count": len(decoded.items),

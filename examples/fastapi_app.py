@@ -1,4 +1,5 @@
-"""A chat endpoint with per-(user, conversation) memory and scheduled cleanup.
+"""A chat endpoint with per-(user, conversation) memory, scheduled cleanup, and the
+conversations API (``agent_sessions.fastapi.conversations_router``) under ``/conversations``.
 
 Install the extra and run it::
 
@@ -6,7 +7,9 @@ Install the extra and run it::
     uvicorn examples.fastapi_app:app --workers 2
 
 Then ``curl -X POST localhost:8000/chat -H 'content-type: application/json'
--d '{"user_id": "ada", "conversation_id": "c1", "message": "hello"}'``.
+-d '{"user_id": "ada", "conversation_id": "c1", "message": "hello"}'``, and
+``curl localhost:8000/conversations -H 'X-User: ada'`` lists ada's conversations (the
+``X-User`` header stands in for real authentication; without it the API answers 401).
 
 Without ``OPENAI_API_KEY`` the agent runs on ``EchoModel``, which echoes the message, so
 the app works offline. Several workers may share one database file: each one
@@ -20,9 +23,9 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, Header, HTTPException, Request
 from pydantic import BaseModel, Field
 
 if not os.environ.get("OPENAI_API_KEY"):
@@ -47,6 +50,7 @@ from agent_sessions import (
     get_settings,
     start_cleanup_scheduler,
 )
+from agent_sessions.fastapi import conversations_router
 
 
 class EchoModel(Model):
@@ -160,6 +164,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 app = FastAPI(title="agent_sessions chat example", lifespan=lifespan)
+
+
+def current_user(x_user: Annotated[str | None, Header()] = None) -> str:
+    """Stand-in for real authentication: the user id from the ``X-User`` header."""
+    if not x_user:
+        raise HTTPException(status_code=401, detail="the X-User header is required")
+    return x_user
+
+
+def session_manager(request: Request) -> SessionManager:
+    """The app's one manager (made in the lifespan), shared with the conversations API."""
+    manager: SessionManager = request.app.state.manager
+    return manager
+
+
+app.include_router(conversations_router(current_user, manager=session_manager))
 
 
 @app.post("/chat")

@@ -1,4 +1,5 @@
-"""The README's "Your own app" code runs as written: its app module and its offline test."""
+"""The README's apps run as written: "Your own app" and "Conversations in your app", each
+an app module with its offline test."""
 
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ def readme_files() -> dict[str, str]:
     return named
 
 
-def test_the_readmes_app_and_its_offline_test_pass(tmp_path: Path) -> None:
+def test_the_readmes_apps_and_their_offline_tests_pass(tmp_path: Path) -> None:
     files = readme_files()
-    assert {"app.py", "test_app.py"} <= files.keys()
+    tests = ["test_app.py", "test_chat_api.py"]
+    assert {"app.py", "chat_api.py", *tests} <= files.keys()
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     env = {
@@ -34,13 +36,14 @@ def test_the_readmes_app_and_its_offline_test_pass(tmp_path: Path) -> None:
     }
     options = ["-o", "asyncio_mode=auto", "-o", "asyncio_default_fixture_loop_scope=function"]
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_app.py", *options],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests, *options],
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        env={**env, "PYTHONPATH": str(tmp_path)},
+        # The checkout under test, even where another one is installed (a git worktree).
+        env={**env, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])},
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 passed" in result.stdout
+    assert "2 passed" in result.stdout
     assert "OPENAI_API_KEY is not set" not in result.stdout + result.stderr
