@@ -25,7 +25,7 @@ from .errors import (
 )
 from .ids import get_session_id
 from .manager import SessionManager
-from .models import SessionStats
+from .models import HealthReport, SessionStats, SweepRecord
 from .settings import AgentSessionSettings, get_settings
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ __all__ = [
     "ConfigurationError",
     "CorruptDatabaseError",
     "EventLoopMismatchError",
+    "HealthReport",
     "InvalidArgumentError",
     "InvalidIdentifierError",
     "InvalidItemError",
@@ -55,6 +56,7 @@ __all__ = [
     "StorageError",
     "StorageFullError",
     "StorageUnavailableError",
+    "SweepRecord",
     "TurnLockTimeoutError",
     "__version__",
     "close_server_pools",

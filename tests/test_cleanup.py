@@ -233,8 +233,9 @@ async def test_batches_delete_every_idle_session(db_path: Path, clock: FakeClock
     ]
     transactions = [sql for sql in statements if sql.startswith("BEGIN")]
     assert len(batches[0]) == 3, f"the first batch is cleanup_batch_size: {batches[0]}"
-    # One transaction per batch, selection included, and a last one that finds none left.
-    assert len(transactions) == len(batches) + 1, (len(transactions), [len(b) for b in batches])
+    # One transaction per batch, selection included, a last one that finds none left, and
+    # two writing the sweep's record (at its start and its end).
+    assert len(transactions) == len(batches) + 3, (len(transactions), [len(b) for b in batches])
     assert len(batches) >= 3, [len(b) for b in batches]
     assert sorted(sid for batch in batches for sid in batch) == sorted(idle)
     assert session_ids(db_path) == set(keep)

@@ -307,6 +307,8 @@ def table_names(url: str) -> set[str]:
 
 
 def test_migrate_creates_the_tables_once(live_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from agent_sessions.backends.postgres import schema as pg_schema
+
     assert table_names(live_url) == set()
     assert run_cli("--db", live_url, "stats") == (1, ""), "only migrate creates tables"
     assert "holds no sessions" in capsys.readouterr().err
@@ -315,18 +317,21 @@ def test_migrate_creates_the_tables_once(live_url: str, capsys: pytest.CaptureFi
     code, output = run_cli("--db", live_url, "migrate")
     assert (code, output) == (
         0,
-        f"{redacted(live_url)}: applied 2 migration(s); schema version 2\n",
+        f"{redacted(live_url)}: applied {len(pg_schema.MIGRATIONS)} migration(s); "
+        f"schema version {pg_schema.LATEST_VERSION}\n",
     )
     assert table_names(live_url) >= {
         "agent_sessions_schema",
         "agent_sessions_session",
         "agent_sessions_item",
         "agent_sessions_turn_lock",
+        "agent_sessions_sweep",
     }
     code, output = run_cli("--db", live_url, "migrate")
     assert (code, output) == (
         0,
-        f"{redacted(live_url)}: applied 0 migration(s); schema version 2\n",
+        f"{redacted(live_url)}: applied 0 migration(s); "
+        f"schema version {pg_schema.LATEST_VERSION}\n",
     )
     code, output = run_cli("--db", live_url, "stats", "--json")
     assert code == 0
