@@ -25,6 +25,15 @@ from .errors import (
     InvalidArgumentError,
     SessionNotFoundError,
 )
+from .exporting import (
+    content_text,
+    conversation_markdown,
+    json_chunks,
+    markdown_file_name,
+    render_markdown,
+    stats_json,
+    timestamp,
+)
 from .ids import MAX_COUNT
 from .manager import SessionManager
 from .models import SessionStats, SweepRecord
@@ -99,15 +108,38 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--user", metavar="ID", help="only this user's sessions")
     listing.add_argument("--limit", type=_positive, default=50, help="at most this many (50)")
     listing.add_argument("--offset", type=_non_negative, default=0, help="skip this many (0)")
+    listing.add_argument(
+        "--cursor", help="continue after the page that printed this cursor (keyset paging)"
+    )
+    listing.add_argument(
+        "--all", action="store_true", help="also sessions idle past retention (expired)"
+    )
     listing.add_argument("--json", action="store_true", help="print JSON")
 
     show = commands.add_parser("show", help="one session's details and items")
     show.add_argument("session_id", metavar="SESSION_ID")
     show.add_argument("--json", action="store_true", help="print JSON")
 
-    export = commands.add_parser("export", help="one session's items as JSON or Markdown")
-    export.add_argument("session_id", metavar="SESSION_ID")
+    export = commands.add_parser(
+        "export", help="one session, or all of a user's, as JSON or Markdown"
+    )
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument("session_id", metavar="SESSION_ID", nargs="?")
+    which.add_argument("--user", metavar="ID", help="every conversation of this user")
     export.add_argument("--format", choices=("json", "markdown"), default="json")
+    export.add_argument(
+        "--output",
+        metavar="PATH",
+        type=Path,
+        help="with --user: the JSON file, or the folder for one Markdown file per "
+        "conversation (default: stdout)",
+    )
+
+    delete_user = commands.add_parser(
+        "delete-user", help="delete every conversation of a user (asks first)"
+    )
+    delete_user.add_argument("user", metavar="USER_ID")
+    delete_user.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
     prune = commands.add_parser("prune", help="apply the pruning rule now")
     target = prune.add_mutually_exclusive_group(required=True)
@@ -165,13 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
 # --- output ---------------------------------------------------------------------------------
 
 
-def _timestamp(moment: datetime) -> str:
-    """The CLI's one time format, in text and JSON: ISO 8601 in UTC, to the microsecond.
-
-    Microseconds because cleanup's cutoff is exact to the microsecond; always six digits and
-    ``Z``, so every value has the same width and sorts as text.
-    """
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").removesuffix("+00:00") + "Z"
+_timestamp = timestamp
 
 
 SETTINGS_HEADING = "settings (not stored in the database)"
@@ -183,11 +209,7 @@ def _fields(fields: Mapping[str, object], out: TextIO) -> None:
         out.write(f"{key.replace('_', ' '):<{width}}  {value}\n")
 
 
-def _stats_json(stats: SessionStats) -> dict[str, Any]:
-    return {
-        key: _timestamp(value) if isinstance(value, datetime) else value
-        for key, value in stats.model_dump().items()
-    }
+_stats_json = stats_json
 
 
 def _table(rows: Sequence[Sequence[str]], headers: Sequence[str], out: TextIO) -> None:
@@ -200,18 +222,6 @@ def _table(rows: Sequence[Sequence[str]], headers: Sequence[str], out: TextIO) -
         out.write("\n")
 
 
-def _text_of(content: object) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(
-            str(part.get("text") or part.get("refusal") or f"[{part.get('type', 'part')}]")
-            for part in content
-            if isinstance(part, Mapping)
-        )
-    return json.dumps(content)
-
-
 def _kind(item: Mapping[str, Any]) -> str:
     """An item's type, with the tool's name for a call that names one (``mcp_call``, ...)."""
     kind = str(item.get("type") or "message")
@@ -219,38 +229,6 @@ def _kind(item: Mapping[str, Any]) -> str:
     if kind == "message" or not isinstance(name, str) or not name.strip():
         return kind
     return f"{kind} {' '.join(name.split())[:40]}"  # one cell: no line breaks, bounded
-
-
-def render_markdown(stats: SessionStats, items: Sequence[Mapping[str, Any]]) -> str:
-    """Render a session's items as a readable Markdown transcript."""
-    lines = [
-        f"# Session `{stats.session_id}`",
-        "",
-        f"- user: `{stats.user_id}`",
-        f"- conversation: `{stats.conversation_id}`",
-        f"- items: {stats.message_count} (corrupt rows skipped: {stats.corrupt_items})",
-        f"- created: {_timestamp(stats.created_at)}; "
-        f"last activity: {_timestamp(stats.last_activity)}",
-        "",
-    ]
-    for item in items:
-        kind = item.get("type")
-        role = item.get("role")
-        if role is not None and kind in (None, "message"):
-            lines.append(f"**{str(role).capitalize()}:** {_text_of(item.get('content'))}")
-        elif kind == "function_call":
-            lines.append(
-                f"**Tool call** `{item.get('name')}({item.get('arguments', '')})` "
-                f"(call `{item.get('call_id')}`)"
-            )
-        elif isinstance(kind, str) and kind.endswith("_output"):
-            lines.append(f"**Tool output** (call `{item.get('call_id')}`): {item.get('output')}")
-        elif kind == "reasoning":
-            lines.append("*[reasoning]*")
-        else:
-            lines.append(f"*[{kind or 'item'}]* `{json.dumps(item)[:200]}`")
-        lines.append("")
-    return "\n".join(lines)
 
 
 # --- commands -------------------------------------------------------------------------------
@@ -333,6 +311,14 @@ async def _stats(manager: SessionManager, args: argparse.Namespace, out: TextIO)
     return EXIT_OK
 
 
+def _cell(text: str | None, width: int = 40) -> str:
+    """Text for one table cell: one line, at most ``width`` characters."""
+    if not text:
+        return "-"
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
 def _sessions_table(sessions: Sequence[SessionStats], out: TextIO) -> None:
     _table(
         [
@@ -341,12 +327,13 @@ def _sessions_table(sessions: Sequence[SessionStats], out: TextIO) -> None:
                 s.user_id or "-",
                 s.conversation_id or "-",
                 str(s.message_count),
-                str(s.corrupt_items),
+                "-" if s.corrupt_items is None else str(s.corrupt_items),
                 _timestamp(s.last_activity),
+                _cell(s.title),
             )
             for s in sessions
         ],
-        ("SESSION", "USER", "CONVERSATION", "ITEMS", "CORRUPT", "LAST ACTIVITY"),
+        ("SESSION", "USER", "CONVERSATION", "ITEMS", "CORRUPT", "LAST ACTIVITY", "TITLE"),
         out,
     )
 
@@ -356,13 +343,22 @@ def _sessions_json(sessions: Sequence[SessionStats], out: TextIO) -> None:
 
 
 async def _list(manager: SessionManager, args: argparse.Namespace, out: TextIO) -> int:
-    sessions = await manager.list_sessions(args.user, limit=args.limit, offset=args.offset)
+    sessions = await manager.list_sessions(
+        args.user,
+        limit=args.limit,
+        offset=args.offset,
+        cursor=args.cursor,
+        include_expired=args.all,
+    )
     if args.json:
         _sessions_json(sessions, out)
     elif sessions:
         _sessions_table(sessions, out)
     else:
         out.write("no sessions\n")
+    if sessions.next_cursor is not None:
+        # On stderr: stdout stays the listing alone (a JSON array with --json).
+        print(f"next page: --cursor {sessions.next_cursor}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -381,7 +377,7 @@ async def _show(manager: SessionManager, args: argparse.Namespace, out: TextIO) 
                 str(position),
                 _kind(item),
                 str(item.get("role") or "-"),
-                _text_of(
+                content_text(
                     item.get("content", item.get("output", item.get("arguments", "")))
                 ).replace("\n", " ")[:60],
             )
@@ -394,12 +390,67 @@ async def _show(manager: SessionManager, args: argparse.Namespace, out: TextIO) 
 
 
 async def _export(manager: SessionManager, args: argparse.Namespace, out: TextIO) -> int:
+    if args.user is not None:
+        return await _export_user(manager, args, out)
+    if args.output is not None:
+        raise InvalidArgumentError("--output is for --user; redirect one session's export")
     stats = await manager.get_session_stats(args.session_id)
     items = await manager.get_items(args.session_id)
     if args.format == "json":
         out.write(json.dumps({**_stats_json(stats), "items": items}, indent=2) + "\n")
     else:
         out.write(render_markdown(stats, items))
+    return EXIT_OK
+
+
+async def _export_user(manager: SessionManager, args: argparse.Namespace, out: TextIO) -> int:
+    conversations = manager.export_user(args.user)
+    count = 0
+    if args.format == "markdown" and args.output is not None:
+        args.output.mkdir(parents=True, exist_ok=True)
+        used: set[str] = set()
+        async for conversation in conversations:
+            name = markdown_file_name(conversation.session)
+            while name in used:  # two ids that differ only in unsafe characters
+                name = f"{name.removesuffix('.md')}-{len(used)}.md"
+            used.add(name)
+            (args.output / name).write_text(conversation_markdown(conversation), "utf-8")
+            count += 1
+        print(f"exported {count} conversation(s) to {args.output}", file=sys.stderr)
+        return EXIT_OK
+    target = out if args.output is None else args.output.open("w", encoding="utf-8")
+    try:
+        if args.format == "markdown":
+            async for conversation in conversations:
+                target.write(("\n---\n\n" if count else "") + conversation_markdown(conversation))
+                count += 1
+        else:
+            chunks = json_chunks(args.user, conversations, exported_at=datetime.now(UTC))
+            async for chunk in chunks:
+                target.write(chunk)
+    finally:
+        if target is not out:
+            target.close()
+    return EXIT_OK
+
+
+async def _delete_user(manager: SessionManager, args: argparse.Namespace, out: TextIO) -> int:
+    if not args.yes:
+        page = await manager.list_sessions(args.user, limit=1, include_expired=True)
+        if not page:
+            out.write(f"user {args.user!r} has no sessions\n")
+            return EXIT_OK
+        if not sys.stdin.isatty():
+            raise InvalidArgumentError(
+                "delete-user asks for confirmation on a terminal; pass --yes to run it unattended"
+            )
+        prompt = f"Delete every conversation of user {args.user!r}? [y/N] "
+        answer = await asyncio.to_thread(input, prompt)
+        if answer.strip().lower() not in ("y", "yes"):
+            out.write("nothing deleted\n")
+            return EXIT_FAILURE
+    deleted = await manager.delete_user(args.user)
+    out.write(f"deleted {deleted} session(s) of user {args.user!r}\n")
     return EXIT_OK
 
 
@@ -449,6 +500,7 @@ _COMMANDS: dict[str, Callable[[SessionManager, argparse.Namespace, TextIO], Awai
     "list": _list,
     "show": _show,
     "export": _export,
+    "delete-user": _delete_user,
     "prune": _prune,
     "clear": _clear,
     "cleanup": _cleanup,

@@ -56,6 +56,21 @@ def days_before(moment: datetime, days: int) -> datetime:
         ) from None
 
 
+def cutoff_before(moment: datetime, period: timedelta) -> float:
+    """POSIX seconds of ``moment`` minus ``period``: activity before it has expired.
+
+    Computed on datetimes, so a time stored from the same clock compares exactly at the
+    boundary (float subtraction could be off by a rounding step).
+
+    Raises:
+        InvalidArgumentError: if ``moment`` is not aware. Before year 1, the earliest time.
+    """
+    try:
+        return to_timestamp(as_utc(moment) - period)
+    except OverflowError:
+        return to_timestamp(_EARLIEST)
+
+
 _LATEST = datetime.max.replace(tzinfo=UTC)
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
 

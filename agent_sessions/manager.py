@@ -8,14 +8,26 @@ import math
 import time
 import uuid
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from . import metrics
 from .backends import Backend, open_backend
-from .clock import Clock, days_before, from_timestamp, now_timestamp, to_timestamp, utc_now
+from .backends.base import UNCHANGED, SessionKey
+from .clock import (
+    Clock,
+    cutoff_before,
+    days_before,
+    from_timestamp,
+    now_timestamp,
+    to_timestamp,
+    utc_now,
+)
+from .conversations import decode_cursor, encode_cursor, encode_metadata, validate_title
+from .durations import parse_duration
 from .errors import (
     EventLoopMismatchError,
     InvalidArgumentError,
@@ -24,7 +36,7 @@ from .errors import (
     SessionNotFoundError,
 )
 from .ids import normalize_identifier, positive_int
-from .models import HealthReport, SessionStats, Threshold
+from .models import ConversationExport, HealthReport, SessionPage, SessionStats, Threshold
 from .settings import (
     MAX_RETENTION_DAYS,
     AgentSessionSettings,
@@ -44,6 +56,9 @@ CLEANUP_TRANSACTION_SECONDS = 0.01
 """Target length of one cleanup transaction: a live writer waits at most about this long."""
 
 _MAX_CLEANUP_BATCH = 500  # ids bound as parameters; well under SQLite's variable limit
+
+EXPORT_PAGE_SIZE = 100
+"""Session ids ``export_user`` reads per query."""
 
 MAX_SESSION_ID_LENGTH = 4096
 
@@ -104,6 +119,7 @@ class SessionManager:
         database_url: str | None = None,
         max_messages: int | None = None,
         retention_days: int | None = None,
+        retention: timedelta | str | None = None,
         settings: AgentSessionSettings | None = None,
         clock: Clock | None = None,
         cleanup_batch_size: int = CLEANUP_BATCH_SIZE,
@@ -118,7 +134,10 @@ class SessionManager:
                 ``database_url`` if set, else their ``db_path``.
             database_url: A ``postgresql://`` URL (instead of ``db_path``).
             max_messages: Bound applied by ``prune_session_messages``; defaults to settings.
-            retention_days: Idle days before cleanup deletes a session; defaults to settings.
+            retention_days: Idle days before a session expires; defaults to settings.
+            retention: The same as a duration (``timedelta``, ``"30m"``, ``"7d"``); wins over
+                ``retention_days``. Defaults to the settings' ``retention``, else their
+                ``retention_days``.
             settings: Settings to use instead of ``get_settings()``.
             clock: Returns the current aware datetime; idleness is measured against it.
             cleanup_batch_size: Sessions deleted by the first cleanup transaction.
@@ -148,6 +167,12 @@ class SessionManager:
             "retention_days",
             maximum=MAX_RETENTION_DAYS,
         )
+        if retention is None and retention_days is not None:
+            retention = timedelta(days=self.retention_days)
+        self.retention = parse_duration(
+            resolve_setting(retention, "retention_period", settings), "retention"
+        )
+        """How long a session may be idle before it expires (and cleanup deletes it)."""
         self.cleanup_batch_size = positive_int(cleanup_batch_size, "cleanup_batch_size")
         average = resolve_setting(warn_average_items, "warn_average_items", settings)
         self.warn_average_items = None if average is None else _positive_number(average)
@@ -262,6 +287,10 @@ class SessionManager:
     def _now(self) -> float:
         return now_timestamp(self._clock)
 
+    def _expiry_cutoff(self) -> float:
+        """The activity time before which a session has expired, by ``retention``."""
+        return cutoff_before(self._clock(), self.retention)
+
     def _cutoff(self, retention_days: int) -> float:
         # Subtract as datetimes, then convert: float seconds minus a float span can round
         # differently from the stored value of the same instant (near powers of two).
@@ -292,26 +321,161 @@ class SessionManager:
         return [dict(item) for item in decoded.items]
 
     async def list_sessions(
-        self, user_id: str | uuid.UUID | None = None, *, limit: int = 50, offset: int = 0
-    ) -> list[SessionStats]:
-        """List sessions, most recent activity first, optionally only ``user_id``'s.
+        self,
+        user_id: str | uuid.UUID | None = None,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        offset: int = 0,
+        include_expired: bool = False,
+    ) -> SessionPage:
+        """List sessions with their titles, most recent activity first (ties by id).
+
+        Pages are keyset-paginated: pass the page's ``next_cursor`` as ``cursor`` for the
+        next one. Unlike an offset, a cursor neither skips nor repeats a session when others
+        are written meanwhile (a session written since moves to the front, out of the pages
+        still to come). Message counts are stored rows: a listing does not decode items.
+
+        Args:
+            user_id: Only this user's sessions; ``None`` for all.
+            limit: At most this many per page.
+            cursor: Where the previous page ended (its ``next_cursor``).
+            offset: Skip this many more (kept for compatibility; prefer ``cursor``).
+            include_expired: Also list sessions idle longer than ``retention`` (they read as
+                empty until cleanup deletes them).
+
+        Returns:
+            A list of ``SessionStats`` with a ``next_cursor`` attribute (``None`` on the
+            last page).
 
         Raises:
-            InvalidArgumentError: if ``limit`` < 1 or ``offset`` < 0.
+            InvalidArgumentError: if ``limit`` < 1, ``offset`` < 0, or ``cursor`` is not a
+                cursor from this method.
             InvalidIdentifierError: if ``user_id`` is unusable.
         """
         limit = positive_int(limit, "limit")
         offset = positive_int(offset, "offset", minimum=0)
+        after = None if cursor is None else decode_cursor(cursor)
         user = None if user_id is None else normalize_identifier(user_id, "user_id")
-        return await self._use(lambda: self._backend.list_sessions(user, limit, offset))
+        since = None if include_expired else self._expiry_cutoff()
+        # One more than asked for tells whether there is a next page without another query.
+        rows = await self._use(
+            lambda: self._backend.list_sessions(user, limit + 1, offset, after, since)
+        )
+        page = rows[:limit]
+        more = len(rows) > limit
+        return SessionPage(
+            [stats for stats, _ in page], encode_cursor(page[-1][1]) if more else None
+        )
+
+    async def set_title(self, session_id: str, title: str | None) -> None:
+        """Set a conversation's title; ``None`` returns to the default (its next user message).
+
+        Raises:
+            SessionNotFoundError: if no session has that id, or it has expired.
+            InvalidArgumentError: if the title is blank, too long or holds control characters.
+        """
+        await self._set_fields(session_id, title=validate_title(title))
+
+    async def set_metadata(self, session_id: str, metadata: dict[str, Any]) -> None:
+        """Replace a conversation's metadata object.
+
+        Raises:
+            SessionNotFoundError: if no session has that id, or it has expired.
+            InvalidArgumentError: if it is not a JSON-serialisable dict with str keys, or is
+                larger than ``MAX_METADATA_BYTES`` as JSON.
+        """
+        await self._set_fields(session_id, metadata=encode_metadata(metadata))
+
+    async def _set_fields(
+        self, session_id: str, *, title: object = UNCHANGED, metadata: object = UNCHANGED
+    ) -> None:
+        key = SessionKey(_session_id(session_id), None, None)
+        moment = self._clock()
+        written = await self._use(
+            lambda: self._backend.set_session_fields(
+                key,
+                to_timestamp(moment),
+                cutoff_before(moment, self.retention),
+                create=False,
+                title=title,
+                metadata=metadata,
+            )
+        )
+        if not written:
+            raise SessionNotFoundError(key.session_id)
+
+    # --- a user's data ---
+
+    async def delete_user(self, user_id: str | uuid.UUID) -> int:
+        """Delete every conversation of ``user_id`` with all its items (and search entries).
+
+        SQLite deletes them in one transaction; PostgreSQL in batches of
+        ``DELETE_USER_BATCH`` sessions, each a transaction, until none is left, so a write
+        that raced the deletion is deleted too.
+
+        Returns:
+            The number of sessions deleted.
+
+        Raises:
+            InvalidIdentifierError: if ``user_id`` is unusable.
+        """
+        user = normalize_identifier(user_id, "user_id")
+        sessions, items = await self._use(lambda: self._backend.delete_user(user))
+        logger.info("deleted user %r: %d session(s), %d item(s)", user, sessions, items)
+        return sessions
+
+    async def export_user(
+        self, user_id: str | uuid.UUID, *, include_expired: bool = True
+    ) -> AsyncIterator[ConversationExport]:
+        """Yield each conversation of ``user_id`` with its items, one at a time.
+
+        Only one conversation is held in memory at once, so a user of any size can be
+        exported; ``agent_sessions.exporting`` turns the stream into JSON or Markdown.
+        Conversations come in session id order. Everything stored is exported, expired
+        conversations included, unless ``include_expired`` is false.
+
+        Raises:
+            InvalidIdentifierError: if ``user_id`` is unusable.
+        """
+        user = normalize_identifier(user_id, "user_id")
+        after: str | None = None
+        while True:
+            ids = await self._use(
+                lambda: self._backend.user_session_ids(user, after, EXPORT_PAGE_SIZE)  # noqa: B023
+            )
+            for session_id in ids:
+                conversation = await self._export_one(session_id, include_expired)
+                if conversation is not None:
+                    yield conversation
+            if len(ids) < EXPORT_PAGE_SIZE:
+                return
+            after = ids[-1]
+
+    async def _export_one(
+        self, session_id: str, include_expired: bool
+    ) -> ConversationExport | None:
+        stats = await self._use(lambda: self._backend.session_stats(session_id))
+        decoded = await self._use(lambda: self._backend.stored_items(session_id))
+        if stats is None or decoded is None:
+            return None  # deleted since it was listed
+        if not include_expired and to_timestamp(stats.last_activity) < self._expiry_cutoff():
+            return None
+        counts = {
+            "message_count": len(decoded.items),
+            "corrupt_items": len(decoded.corrupt_row_ids),
+        }
+        return ConversationExport(
+            session=stats.model_copy(update=counts), items=[dict(item) for item in decoded.items]
+        )
 
     async def get_session_count(self) -> int:
         """Count all stored sessions."""
         return (await self._use(lambda: self._backend.totals(self._now()))).sessions
 
     async def get_active_session_count(self) -> int:
-        """Count sessions active within the last ``retention_days``."""
-        cutoff = self._cutoff(self.retention_days)
+        """Count sessions active within the last ``retention`` (those not expired)."""
+        cutoff = self._expiry_cutoff()
         return (await self._use(lambda: self._backend.totals(cutoff))).active_sessions
 
     async def get_average_messages_per_session(self) -> float:
@@ -372,12 +536,10 @@ class SessionManager:
         return deleted
 
     def _idle_cutoff(self, retention_days: int | None) -> float:
-        """The activity time before which a session is idle, for ``retention_days``."""
-        days = positive_int(
-            retention_days if retention_days is not None else self.retention_days,
-            "retention_days",
-            maximum=MAX_RETENTION_DAYS,
-        )
+        """The activity time before which a session is idle (``retention``, or the days given)."""
+        if retention_days is None:
+            return self._expiry_cutoff()
+        days = positive_int(retention_days, "retention_days", maximum=MAX_RETENTION_DAYS)
         return self._cutoff(days)
 
     async def list_inactive_sessions(

@@ -9,6 +9,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
+from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -20,10 +21,12 @@ from agents.memory.session_settings import coerce_session_settings, resolve_sess
 
 from . import codec, metrics
 from .backends import is_url, open_backend
-from .backends.base import Backend, SessionKey
+from .backends.base import UNCHANGED, Backend, SessionKey
 from .backends.sqlite import SQLiteBackend
 from .backends.sqlite.schema import MESSAGES_TABLE, SESSIONS_TABLE
-from .clock import Clock, now_timestamp, utc_now
+from .clock import Clock, cutoff_before, now_timestamp, to_timestamp, utc_now
+from .conversations import decode_metadata, default_title, encode_metadata, validate_title
+from .durations import parse_duration
 from .errors import (
     AgentSessionsError,
     InvalidArgumentError,
@@ -51,12 +54,13 @@ _releasing: set[asyncio.Future[None]] = set()
 class BoundedSessionMixin:
     """The session protocol over a ``Backend``: what every session class of ours shares.
 
-    A subclass sets ``session_id``, ``max_messages``, ``session_settings``, ``_backend``,
-    ``_key``, ``_clock`` and ``_closed``.
+    A subclass sets ``session_id``, ``max_messages``, ``retention``, ``session_settings``,
+    ``_backend``, ``_key``, ``_clock`` and ``_closed``.
     """
 
     session_id: str
     max_messages: int
+    retention: timedelta
     session_settings: SessionSettings | None
     _backend: Backend
     _key: SessionKey
@@ -73,7 +77,8 @@ class BoundedSessionMixin:
             InvalidArgumentError: if ``limit`` is neither ``None`` nor an int.
         """
         session_limit = optional_limit(resolve_session_limit(limit, self.session_settings))
-        decoded = await self._open_backend().read_items(self.session_id, session_limit)
+        backend = self._open_backend()
+        decoded = await backend.read_items(self.session_id, session_limit, self._active_since())
         if decoded.corrupt_row_ids:
             logger.warning(
                 "session %r: skipped %d corrupt row(s) (ids %s)",
@@ -103,22 +108,86 @@ class BoundedSessionMixin:
         if not isinstance(items, list):
             items = _as_item_list(items)
         payloads = codec.encode_items(items)
-        now = now_timestamp(self._clock)
+        moment = self._clock()
         started = time.perf_counter()  # for health(): latency, not time, so not the clock
-        pruned = await backend.append_items(self._key, items, payloads, now, self.max_messages)
+        pruned = await backend.append_items(
+            self._key,
+            items,
+            payloads,
+            to_timestamp(moment),
+            self.max_messages,
+            active_since=cutoff_before(moment, self.retention),
+            title=default_title(items),
+        )
         metrics.write_latency.add(time.perf_counter() - started)
         if pruned:
             logger.debug("session %r: pruned %d item(s)", self.session_id, pruned)
 
     async def pop_item(self) -> TResponseInputItem | None:
         """Remove and return the newest item, or ``None`` if the session is empty."""
-        now = now_timestamp(self._clock)
-        item = await self._open_backend().pop_item(self.session_id, now)
+        backend = self._open_backend()
+        moment = self._clock()
+        item = await backend.pop_item(
+            self.session_id, to_timestamp(moment), cutoff_before(moment, self.retention)
+        )
         return item  # type: ignore[return-value]
 
     async def clear_session(self) -> None:
         """Delete every item of this session and its session row."""
         await self._open_backend().delete_session(self.session_id)
+
+    def _active_since(self) -> float:
+        """The activity time before which this session has expired (idle past retention)."""
+        return cutoff_before(self._clock(), self.retention)
+
+    # --- title and metadata ---
+
+    async def get_title(self) -> str | None:
+        """The conversation's title: the one set, else its first user message, shortened.
+
+        ``None`` before the first user message with text (and once it has expired).
+        """
+        fields = await self._open_backend().read_session_fields(
+            self.session_id, self._active_since()
+        )
+        return None if fields is None else fields.title
+
+    async def set_title(self, title: str | None) -> None:
+        """Set the conversation's title; ``None`` returns to the default (the next user message).
+
+        Raises:
+            InvalidArgumentError: if ``title`` is blank, longer than ``MAX_TITLE_LENGTH``
+                characters, or holds control characters; nothing is written.
+        """
+        await self._set_fields(title=validate_title(title))
+
+    async def get_metadata(self) -> dict[str, Any]:
+        """The app's metadata object of this conversation (``{}`` if none is set)."""
+        fields = await self._open_backend().read_session_fields(
+            self.session_id, self._active_since()
+        )
+        return {} if fields is None else decode_metadata(fields.metadata)
+
+    async def set_metadata(self, metadata: dict[str, Any]) -> None:
+        """Replace the app's metadata object (e.g. channel, locale) of this conversation.
+
+        Raises:
+            InvalidArgumentError: if it is not a JSON-serialisable dict with str keys, or is
+                larger than ``MAX_METADATA_BYTES`` as JSON; nothing is written.
+        """
+        await self._set_fields(metadata=encode_metadata(metadata))
+
+    async def _set_fields(self, *, title: object = UNCHANGED, metadata: object = UNCHANGED) -> None:
+        backend = self._open_backend()
+        moment = self._clock()
+        await backend.set_session_fields(
+            self._key,
+            to_timestamp(moment),
+            cutoff_before(moment, self.retention),
+            create=True,
+            title=title,
+            metadata=metadata,
+        )
 
     # --- turn lock ---
 
@@ -281,6 +350,7 @@ class AgentSession(BoundedSessionMixin, SQLiteSession):
         *,
         db_path: str | Path | None = None,
         max_messages: int | None = None,
+        retention: timedelta | str | None = None,
         settings: AgentSessionSettings | None = None,
         session_settings: SessionSettings | dict[str, Any] | None = None,
         clock: Clock | None = None,
@@ -293,6 +363,9 @@ class AgentSession(BoundedSessionMixin, SQLiteSession):
             db_path: SQLite file; defaults to the settings' ``db_path``. ``":memory:"`` keeps
                 everything in this object only.
             max_messages: Items kept after each write; defaults to the settings'.
+            retention: How long the conversation may be idle before it expires (reads as
+                empty, and the next write starts it afresh): a ``timedelta`` or ``"30m"``,
+                ``"12h"``, ``"7d"``; defaults to the settings' (``retention_days``).
             settings: Settings to use instead of ``get_settings()``.
             session_settings: The SDK's ``SessionSettings`` (e.g. a read ``limit``).
             clock: Returns the current aware datetime; activity times are taken from it.
@@ -312,6 +385,9 @@ class AgentSession(BoundedSessionMixin, SQLiteSession):
         self.conversation_id = conversation
         self.max_messages = positive_int(
             resolve_setting(max_messages, "max_messages", settings), "max_messages"
+        )
+        self.retention = parse_duration(
+            resolve_setting(retention, "retention_period", settings), "retention"
         )
         backend = SQLiteBackend(resolve_setting(db_path, "db_path", settings))
         # SQLiteSession.__init__ is deliberately not called: it opens a connection and checks
@@ -393,6 +469,7 @@ class PostgresSession(BoundedSessionMixin, SessionABC):
         *,
         database_url: str | None = None,
         max_messages: int | None = None,
+        retention: timedelta | str | None = None,
         settings: AgentSessionSettings | None = None,
         session_settings: SessionSettings | dict[str, Any] | None = None,
         clock: Clock | None = None,
@@ -404,6 +481,9 @@ class PostgresSession(BoundedSessionMixin, SessionABC):
             conversation_id: The conversation's id, with the same rules.
             database_url: A ``postgresql://`` URL; defaults to the settings' ``database_url``.
             max_messages: Items kept after each write; defaults to the settings'.
+            retention: How long the conversation may be idle before it expires (reads as
+                empty, and the next write starts it afresh): a ``timedelta`` or ``"30m"``,
+                ``"12h"``, ``"7d"``; defaults to the settings' (``retention_days``).
             settings: Settings to use instead of ``get_settings()``.
             session_settings: The SDK's ``SessionSettings`` (e.g. a read ``limit``).
             clock: Returns the current aware datetime; activity times are taken from it.
@@ -427,6 +507,9 @@ class PostgresSession(BoundedSessionMixin, SessionABC):
         self.session_id = get_session_id(user, conversation)
         self.max_messages = positive_int(
             resolve_setting(max_messages, "max_messages", settings), "max_messages"
+        )
+        self.retention = parse_duration(
+            resolve_setting(retention, "retention_period", settings), "retention"
         )
         self.session_settings = (
             coerce_session_settings(session_settings)
@@ -461,6 +544,7 @@ def get_agent_session(
     db_path: str | Path | None = None,
     database_url: str | None = None,
     max_messages: int | None = None,
+    retention: timedelta | str | None = None,
     settings: AgentSessionSettings | None = None,
     session_settings: SessionSettings | dict[str, Any] | None = None,
     clock: Clock | None = None,
@@ -484,6 +568,7 @@ def get_agent_session(
             conversation_id,
             database_url=str(target),
             max_messages=max_messages,
+            retention=retention,
             settings=settings,
             session_settings=session_settings,
             clock=clock,
@@ -493,6 +578,7 @@ def get_agent_session(
         conversation_id,
         db_path=target,  # type: ignore[arg-type]
         max_messages=max_messages,
+        retention=retention,
         settings=settings,
         session_settings=session_settings,
         clock=clock,

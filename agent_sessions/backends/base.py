@@ -69,6 +69,30 @@ class HealthFacts:
 
 
 @dataclass(frozen=True)
+class ListPosition:
+    """Where a page of ``list_sessions`` ended: its last session's activity and id.
+
+    ``activity`` is the backend's exact stored value (POSIX seconds on SQLite, microseconds
+    on PostgreSQL): the next page starts strictly after it, in the listing's order.
+    """
+
+    activity: float | int
+    session_id: str
+
+
+@dataclass(frozen=True)
+class SessionFields:
+    """A session's title and metadata as stored (the metadata as JSON text)."""
+
+    title: str | None
+    metadata: str | None
+
+
+UNCHANGED: object = object()
+"""Passed for a field ``set_session_fields`` must leave as it is."""
+
+
+@dataclass(frozen=True)
 class SessionDump:
     """One session as stored, for copying it between databases byte for byte."""
 
@@ -81,6 +105,9 @@ class SessionDump:
     """The items' stored JSON text, oldest first (rows that do not decode are left out)."""
     corrupt_rows: int
     """Stored rows left out because they do not decode (they cannot be copied faithfully)."""
+    title: str | None = None
+    metadata: str | None = None
+    """The metadata's JSON text."""
 
 
 class Backend(Protocol):
@@ -120,11 +147,14 @@ class Backend(Protocol):
 
     # --- one session ---
 
-    async def read_items(self, session_id: str, limit: int | None) -> DecodedRows:
+    async def read_items(
+        self, session_id: str, limit: int | None, active_since: float | None = None
+    ) -> DecodedRows:
         """A session's items, oldest first; ``None`` or a negative limit reads all.
 
         ``limit=n > 0`` returns the newest ``n`` decodable items (the window widens past
-        corrupt rows); ``0`` returns none. An unknown session has no items.
+        corrupt rows); ``0`` returns none. An unknown session has no items, and so has one
+        whose last activity is before ``active_since`` (it has expired).
         """
         ...
 
@@ -139,20 +169,31 @@ class Backend(Protocol):
         payloads: Sequence[str],
         now: float,
         max_items: int,
+        *,
+        active_since: float | None = None,
+        title: str | None = None,
     ) -> int:
         """Record activity, store the items and prune to ``max_items``, in one transaction.
 
-        Creates the session row if needed. A tool output or approval response whose call is
-        neither earlier in ``items`` nor stored is left out (with a warning): the model
-        would reject it.
+        Creates the session row if needed, with ``title`` (the default title of ``items``)
+        unless it has one. A session whose last activity is before ``active_since`` has
+        expired: it starts afresh (items, title and metadata deleted) before the items go in.
+
+        A tool output or approval response whose call is neither earlier in ``items`` nor
+        stored is left out (with a warning): the model would reject it.
 
         Returns:
             The number of items pruned.
         """
         ...
 
-    async def pop_item(self, session_id: str, now: float) -> Item | None:
-        """Delete and return the newest decodable item, or ``None`` if there is none."""
+    async def pop_item(
+        self, session_id: str, now: float, active_since: float | None = None
+    ) -> Item | None:
+        """Delete and return the newest decodable item, or ``None`` if there is none.
+
+        An expired session (activity before ``active_since``) has none.
+        """
         ...
 
     async def delete_session(self, session_id: str) -> int | None:
@@ -165,6 +206,33 @@ class Backend(Protocol):
 
     async def prune_session(self, session_id: str, max_items: int) -> int | None:
         """Apply the pruning rule now; the items deleted, or ``None`` for an unknown session."""
+        ...
+
+    async def read_session_fields(
+        self, session_id: str, active_since: float | None
+    ) -> SessionFields | None:
+        """A session's title and metadata; ``None`` if it does not exist or has expired."""
+        ...
+
+    async def set_session_fields(
+        self,
+        key: SessionKey,
+        now: float,
+        active_since: float | None,
+        *,
+        create: bool,
+        title: object = UNCHANGED,
+        metadata: object = UNCHANGED,
+    ) -> bool:
+        """Set a session's title (``str | None``) and/or metadata (JSON text or ``None``).
+
+        A session that does not exist or has expired (activity before ``active_since``) is
+        created afresh, at ``now``, when ``create`` is true; otherwise nothing is written.
+        Setting a field is not activity: ``last_activity`` is left as it is.
+
+        Returns:
+            Whether the session was written.
+        """
         ...
 
     # --- turn locks: one run at a time per session, across processes ---
@@ -192,9 +260,34 @@ class Backend(Protocol):
         ...
 
     async def list_sessions(
-        self, user_id: str | None, limit: int, offset: int
-    ) -> list[SessionStats]:
-        """Sessions (of ``user_id``, or all), most recent activity first."""
+        self,
+        user_id: str | None,
+        limit: int,
+        offset: int,
+        after: ListPosition | None = None,
+        active_since: float | None = None,
+    ) -> list[tuple[SessionStats, ListPosition]]:
+        """Sessions (of ``user_id``, or all), most recent activity first, ties by id.
+
+        Starts after ``after`` (keyset) and skips ``offset`` more; leaves out sessions whose
+        activity is before ``active_since``. Counts are of stored rows (``corrupt_items`` is
+        ``None``: a listing does not decode items). Each comes with its list position.
+        """
+        ...
+
+    async def user_session_ids(self, user_id: str, after: str | None, limit: int) -> list[str]:
+        """Up to ``limit`` of a user's session ids greater than ``after``, sorted."""
+        ...
+
+    async def delete_user(self, user_id: str) -> tuple[int, int]:
+        """Delete every session of ``user_id`` with all their items.
+
+        SQLite does it in one transaction; a server backend may work in batches, each a
+        transaction, until none is left.
+
+        Returns:
+            The sessions and the items deleted.
+        """
         ...
 
     async def list_idle_sessions(self, cutoff: float, limit: int | None) -> list[SessionStats]:

@@ -6,18 +6,30 @@ import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import psycopg
 
 from ...clock import from_timestamp
 from ...codec import DecodedRows, decode_item, decode_rows
+from ...conversations import decode_metadata
 from ...errors import InvalidArgumentError, InvalidIdentifierError
 from ...ids import positive_int
 from ...models import SessionStats, SweepRecord
 from ...pruning import Item, cut_index, late_call_index
-from ..base import SWEEP_HISTORY, HealthFacts, Owner, SessionDump, SessionKey, Totals
+from ..base import (
+    SWEEP_HISTORY,
+    UNCHANGED,
+    HealthFacts,
+    ListPosition,
+    Owner,
+    SessionDump,
+    SessionFields,
+    SessionKey,
+    Totals,
+)
 from . import schema, sql
 from .batch import Batch
 from .errors import FullPruneNeeded, redact, translate_errors
@@ -27,6 +39,9 @@ from .transaction import transaction
 logger = logging.getLogger("agent_sessions")
 
 Connection = psycopg.AsyncConnection[Any]
+
+DELETE_USER_BATCH = 100
+"""Sessions ``delete_user`` deletes per transaction."""
 
 DEFAULT_STATEMENT_TIMEOUT = 30.0
 """Seconds a statement may run, waiting for another writer's lock included."""
@@ -72,17 +87,36 @@ def _seconds(value: object, what: str, *, zero: bool = False) -> float:
 
 
 def _stats(row: Sequence[Any]) -> SessionStats:
-    session_id, user_id, conversation_id, created_at, last_activity, payloads = row
-    decoded = decode_rows(enumerate(payloads))
+    decoded = decode_rows(enumerate(row[7]))
+    return _stats_from(row, len(decoded.items), len(decoded.corrupt_row_ids))
+
+
+def _stats_from(row: Sequence[Any], count: int, corrupt: int | None) -> SessionStats:
+    session_id, user_id, conversation_id, created_at, last_activity, title, metadata = row[:7]
     return SessionStats(
         session_id=session_id,
         user_id=user_id,
         conversation_id=conversation_id,
-        message_count=len(decoded.items),
-        corrupt_items=len(decoded.corrupt_row_ids),
+        message_count=count,
+        corrupt_items=corrupt,
         created_at=_utc(created_at),
         last_activity=_utc(last_activity),
+        title=title,
+        metadata=decode_metadata(metadata),
     )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _position(row: Sequence[Any]) -> ListPosition:
+    """A listed row's keyset position: its activity in whole microseconds (exact)."""
+    return ListPosition((_utc(row[4]) - _EPOCH) // _MICROSECOND, row[0])
+
+
+def _since(active_since: float | None) -> datetime | None:
+    return None if active_since is None else _db_time(active_since)
 
 
 class PostgresBackend:
@@ -224,20 +258,28 @@ class PostgresBackend:
 
     # --- one session ---
 
-    async def read_items(self, session_id: str, limit: int | None) -> DecodedRows:
+    async def read_items(
+        self, session_id: str, limit: int | None, active_since: float | None = None
+    ) -> DecodedRows:
         """A session's items, oldest first; ``None`` or a negative limit reads all.
 
         ``limit=n > 0`` returns the newest ``n`` decodable items (the window widens past
-        corrupt rows); ``0`` returns none. An unknown session has no items.
+        corrupt rows); ``0`` returns none. An unknown session has no items, nor has one idle
+        since before ``active_since``.
         """
         sid = _check_text(session_id, "session_id")
+        since = _since(active_since)
         if limit is None or limit < 0:
-            return decode_rows(await self._fetchall(sql.SELECT_ALL_ITEMS, {"sid": sid}))
+            return decode_rows(
+                await self._fetchall(sql.READ_ALL_ITEMS, {"sid": sid, "since": since})
+            )
         if limit == 0:
             return DecodedRows([], [])
         window = limit
         while True:
-            rows = await self._fetchall(sql.SELECT_NEWEST_ITEMS, {"sid": sid, "limit": window})
+            rows = await self._fetchall(
+                sql.READ_NEWEST_ITEMS, {"sid": sid, "since": since, "limit": window}
+            )
             decoded = decode_rows(reversed(rows))
             if len(decoded.items) >= limit or len(rows) < window:
                 return DecodedRows(decoded.items[-limit:], decoded.corrupt_row_ids)
@@ -260,8 +302,14 @@ class PostgresBackend:
         payloads: Sequence[str],
         now: float,
         max_items: int,
+        *,
+        active_since: float | None = None,
+        title: str | None = None,
     ) -> int:
         """Record activity, store the items and prune to ``max_items``, in one transaction.
+
+        A session idle since before ``active_since`` starts afresh first; ``title`` is its
+        title unless it has one.
 
         As ``sqlite.sql.append_items``: an output whose call is neither earlier in the batch
         nor stored is left out with a warning. Usually one round trip: every statement and
@@ -274,10 +322,11 @@ class PostgresBackend:
         """
         sid = _check_text(key.session_id, "session_id")
         batch = Batch.of(items, payloads)
+        write = _Write(key, batch, _db_time(now), max_items, _since(active_since), title)
         try:
-            found, pruned = await self._append(key, batch, _db_time(now), max_items, strict=True)
+            found, pruned = await self._append(write, strict=True)
         except FullPruneNeeded:
-            found, pruned = await self._append(key, batch, _db_time(now), max_items, strict=False)
+            found, pruned = await self._append(write, strict=False)
         orphans, dropped = batch.dropped(found)
         if orphans:
             logger.warning(
@@ -289,23 +338,26 @@ class PostgresBackend:
             )
         return pruned
 
-    async def _append(
-        self, key: SessionKey, batch: Batch, now: datetime, max_items: int, *, strict: bool
-    ) -> tuple[set[str], int]:
+    async def _append(self, write: _Write, *, strict: bool) -> tuple[set[str], int]:
         """One attempt at ``append_items``: the stored calls found, and the items pruned."""
+        key, batch, max_items = write.key, write.batch, write.max_items
         sid = key.session_id
         n = len(batch.payloads)
         found_calls = None
         async with self._transaction() as conn:
+            if write.since is not None:
+                await conn.execute(sql.EXPIRE_ITEMS, {"sid": sid, "since": write.since})
+                await conn.execute(sql.EXPIRE_SESSION, {"sid": sid, "since": write.since})
             await conn.execute(
                 sql.UPSERT_SESSION,
                 {
                     "sid": sid,
                     "user": key.user_id,
                     "conv": key.conversation_id,
-                    "now": now,
+                    "now": write.now,
                     "n": n,
                     "forget": batch.answers_late,
+                    "title": write.title,
                 },
             )
             if batch.needing:
@@ -337,18 +389,23 @@ class PostgresBackend:
         found = set() if found_calls is None else {row[0] for row in await found_calls.fetchall()}
         return found, pruned
 
-    async def pop_item(self, session_id: str, now: float) -> Item | None:
+    async def pop_item(
+        self, session_id: str, now: float, active_since: float | None = None
+    ) -> Item | None:
         """Delete and return the newest decodable item, or ``None`` if there is none.
 
         Corrupt rows are skipped, not deleted; the session's activity is recorded only when
-        an item is removed.
+        an item is removed. An expired session (activity before ``active_since``) has none.
         """
         sid = _check_text(session_id, "session_id")
         async with self._transaction() as conn:
             await conn.execute(sql.LOCK_SESSION, {"sid": sid})
             window = 1
             while True:
-                cursor = await conn.execute(sql.SELECT_NEWEST_ITEMS, {"sid": sid, "limit": window})
+                cursor = await conn.execute(
+                    sql.READ_NEWEST_ITEMS,
+                    {"sid": sid, "since": _since(active_since), "limit": window},
+                )
                 rows = await cursor.fetchall()
                 for seq, data in rows:
                     item = decode_item(data)
@@ -392,6 +449,54 @@ class PostgresBackend:
                 return None
             return await _finish_prune(conn, sid, max_items, row)
 
+    async def read_session_fields(
+        self, session_id: str, active_since: float | None
+    ) -> SessionFields | None:
+        """See ``Backend.read_session_fields``."""
+        sid = _check_text(session_id, "session_id")
+        rows = await self._fetchall(sql.SELECT_FIELDS, {"sid": sid, "since": _since(active_since)})
+        return SessionFields(title=rows[0][0], metadata=rows[0][1]) if rows else None
+
+    async def set_session_fields(
+        self,
+        key: SessionKey,
+        now: float,
+        active_since: float | None,
+        *,
+        create: bool,
+        title: object = UNCHANGED,
+        metadata: object = UNCHANGED,
+    ) -> bool:
+        """See ``Backend.set_session_fields``."""
+        sid = _check_text(key.session_id, "session_id")
+        for value, what in ((title, "title"), (metadata, "metadata")):
+            if isinstance(value, str):
+                _check_text(value, what)
+        params: dict[str, Any] = {
+            "sid": sid,
+            "since": _since(active_since),
+            "user": key.user_id,
+            "conv": key.conversation_id,
+            "now": _db_time(now),
+            "title": title,
+            "metadata": metadata,
+        }
+        async with self._transaction() as conn:
+            row = await (await conn.execute(sql.LOCK_SESSION_ACTIVITY, params)).fetchone()
+            expired = row is not None and bool(row[0])
+            if row is None or expired:
+                if not create:
+                    return False
+                if expired:
+                    await conn.execute(sql.DELETE_SESSION_ITEMS, params)
+                    await conn.execute(sql.DELETE_SESSION, params)
+                await conn.execute(sql.INSERT_SESSION, params)
+            if title is not UNCHANGED:
+                await conn.execute(sql.SET_TITLE, params)
+            if metadata is not UNCHANGED:
+                await conn.execute(sql.SET_METADATA, params)
+        return True
+
     # --- turn locks ---
 
     async def turn_lock_is_free(self, session_id: str, now: float) -> bool:
@@ -431,7 +536,7 @@ class PostgresBackend:
         rows = await self._fetchall(sql.SELECT_DUMP, {"sid": sid})
         if not rows:
             return None
-        user_id, conversation_id, created_at, last_activity, payloads = rows[0]
+        user_id, conversation_id, created_at, last_activity, payloads, title, metadata = rows[0]
         kept = tuple(text for text in payloads if decode_item(text) is not None)
         return SessionDump(
             session_id=sid,
@@ -441,6 +546,8 @@ class PostgresBackend:
             last_activity=_utc(last_activity).timestamp(),
             payloads=kept,
             corrupt_rows=len(payloads) - len(kept),
+            title=title,
+            metadata=metadata,
         )
 
     async def load_session(self, dump: SessionDump) -> None:
@@ -460,6 +567,8 @@ class PostgresBackend:
                     "created": _db_time(dump.created_at),
                     "active": _db_time(dump.last_activity),
                     "n": len(dump.payloads),
+                    "title": dump.title,
+                    "metadata": dump.metadata,
                 },
             )
             await conn.execute(
@@ -481,17 +590,54 @@ class PostgresBackend:
         return _stats(rows[0]) if rows else None
 
     async def list_sessions(
-        self, user_id: str | None, limit: int, offset: int
-    ) -> list[SessionStats]:
-        """Sessions (of ``user_id``, or all), most recent activity first."""
-        if user_id is None:
-            rows = await self._fetchall(sql.LIST_SESSIONS, {"limit": limit, "offset": offset})
-        else:
-            rows = await self._fetchall(
-                sql.LIST_USER_SESSIONS,
-                {"user": _check_text(user_id, "user_id"), "limit": limit, "offset": offset},
-            )
-        return [_stats(row) for row in rows]
+        self,
+        user_id: str | None,
+        limit: int,
+        offset: int,
+        after: ListPosition | None = None,
+        active_since: float | None = None,
+    ) -> list[tuple[SessionStats, ListPosition]]:
+        """See ``Backend.list_sessions``."""
+        conditions: list[str] = []
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if user_id is not None:
+            conditions.append(sql.LIST_BY_USER)
+            params["user"] = _check_text(user_id, "user_id")
+        if active_since is not None:
+            conditions.append(sql.LIST_ACTIVE_SINCE)
+            params["since"] = _db_time(active_since)
+        if after is not None:
+            conditions.append(sql.LIST_AFTER)
+            params["after"] = _EPOCH + int(after.activity) * _MICROSECOND
+            params["after_id"] = _check_text(after.session_id, "cursor")
+        where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+        rows = await self._fetchall(f"{sql.LIST_WITH_COUNTS} {where}{sql.LIST_ORDER}", params)
+        return [(_stats_from(row, int(row[7]), None), _position(row)) for row in rows]
+
+    async def user_session_ids(self, user_id: str, after: str | None, limit: int) -> list[str]:
+        """See ``Backend.user_session_ids``."""
+        params = {"user": _check_text(user_id, "user_id"), "after": after or "", "limit": limit}
+        return [row[0] for row in await self._fetchall(sql.USER_SESSION_IDS, params)]
+
+    async def delete_user(self, user_id: str) -> tuple[int, int]:
+        """See ``Backend.delete_user``: batches of ``DELETE_USER_BATCH`` sessions."""
+        params: dict[str, Any] = {
+            "user": _check_text(user_id, "user_id"),
+            "limit": DELETE_USER_BATCH,
+        }
+        sessions = items = 0
+        while True:
+            async with self._transaction() as conn:
+                batch = await conn.execute(sql.LOCK_USER_BATCH, params)
+                params["ids"] = [row[0] for row in await batch.fetchall()]
+                if not params["ids"]:
+                    return sessions, items
+                deleted_items = await conn.execute(sql.DELETE_BATCH_ITEMS, params)
+                await conn.execute(sql.DELETE_IDLE_TURN_LOCKS, params)
+                deleted = await conn.execute(sql.DELETE_BATCH_SESSIONS, params)
+            row = await deleted_items.fetchone()
+            items += int(row[0]) if row is not None else 0
+            sessions += deleted.rowcount
 
     async def list_idle_sessions(self, cutoff: float, limit: int | None) -> list[SessionStats]:
         """Sessions whose last activity is before ``cutoff``, oldest activity first."""
@@ -603,6 +749,18 @@ def _sweep(row: Sequence[Any]) -> SweepRecord:
         sessions_deleted=int(deleted),
         error=error,
     )
+
+
+@dataclass(frozen=True)
+class _Write:
+    """One ``append_items`` call, as each attempt at it needs it."""
+
+    key: SessionKey
+    batch: Batch
+    now: datetime
+    max_items: int
+    since: datetime | None
+    title: str | None
 
 
 def _fast_pruned(max_items: int, row: Sequence[Any] | None) -> int:

@@ -74,6 +74,13 @@ _CREATE_TURN_LOCKS = (
     )""",
 )
 
+_ADD_TITLES_AND_METADATA = (
+    # A conversation's title (its first user message unless the app set one) and the app's
+    # metadata as JSON text (text, like message_data: returned byte for byte). A user's
+    # keyset-paginated list is served by the (user_id, last_activity DESC, session_id) index.
+    f"ALTER TABLE {sql.SESSIONS} ADD COLUMN title text, ADD COLUMN metadata text",
+)
+
 _CREATE_SWEEPS = (
     # The latest cleanup sweeps, so health() in any process sees the last one. A row is
     # written as 'running' when a sweep starts: one whose process died stays that way.
@@ -90,6 +97,7 @@ _CREATE_SWEEPS = (
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create the session and item tables", _CREATE_TABLES),
     Migration(2, "add per-session turn locks with leases", _CREATE_TURN_LOCKS),
+    Migration(3, "add conversation titles and metadata", _ADD_TITLES_AND_METADATA),
     Migration(5, "record the latest cleanup sweeps", _CREATE_SWEEPS),
 )
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -56,17 +56,28 @@ RECORD_MIGRATION = (
 # answered late (late_call_seq 0), unless this very batch answers one.
 UPSERT_SESSION = f"""
     INSERT INTO {SESSIONS} AS s
-        (session_id, user_id, conversation_id, created_at, last_activity, next_seq, late_call_seq)
+        (session_id, user_id, conversation_id, created_at, last_activity, next_seq, late_call_seq,
+         title)
     VALUES (
         %(sid)s, %(user)s, %(conv)s, %(now)s, %(now)s, 1 + %(n)s,
-        CASE WHEN %(forget)s THEN NULL ELSE 0 END
+        CASE WHEN %(forget)s THEN NULL ELSE 0 END, %(title)s
     )
     ON CONFLICT (session_id) DO UPDATE SET
         last_activity = greatest(s.last_activity, excluded.last_activity),
         user_id = coalesce(s.user_id, excluded.user_id),
         conversation_id = coalesce(s.conversation_id, excluded.conversation_id),
         next_seq = s.next_seq + %(n)s,
-        late_call_seq = CASE WHEN %(forget)s THEN NULL ELSE s.late_call_seq END"""
+        late_call_seq = CASE WHEN %(forget)s THEN NULL ELSE s.late_call_seq END,
+        title = coalesce(s.title, excluded.title)"""
+# Exact expiry: a session idle since before %(since)s (NULL: never) starts afresh. Its row is
+# locked first, so a concurrent write waits and then finds the new row.
+EXPIRE_ITEMS = f"""
+    WITH expired AS (
+        SELECT session_id FROM {SESSIONS}
+        WHERE session_id = %(sid)s AND last_activity < %(since)s FOR UPDATE
+    )
+    DELETE FROM {ITEMS} WHERE session_id IN (SELECT session_id FROM expired)"""
+EXPIRE_SESSION = f"DELETE FROM {SESSIONS} WHERE session_id = %(sid)s AND last_activity < %(since)s"
 
 # The newest stored call of each key an output in the batch needs (read before the insert).
 _STORED_CALLS = f"""
@@ -146,11 +157,32 @@ DELETE_SESSION = f"DELETE FROM {SESSIONS} WHERE session_id = %(sid)s"
 # --- one session: reads ---------------------------------------------------------------------
 
 SELECT_ALL_ITEMS = f"SELECT seq, message_data FROM {ITEMS} WHERE session_id = %(sid)s ORDER BY seq"
-SELECT_NEWEST_ITEMS = (
-    f"SELECT seq, message_data FROM {ITEMS} WHERE session_id = %(sid)s "
+SESSION_EXISTS = f"SELECT 1 FROM {SESSIONS} WHERE session_id = %(sid)s"
+# Items oldest first (all) or newest first (a limit), reading nothing of an expired session:
+# one idle since before %(since)s (NULL: none expires). Tested once per statement, not per row.
+_NOT_EXPIRED = f"""NOT EXISTS (
+    SELECT 1 FROM {SESSIONS} AS e WHERE e.session_id = %(sid)s AND e.last_activity < %(since)s
+)"""
+READ_ALL_ITEMS = (
+    f"SELECT seq, message_data FROM {ITEMS} WHERE session_id = %(sid)s AND {_NOT_EXPIRED} "
+    "ORDER BY seq"
+)
+READ_NEWEST_ITEMS = (
+    f"SELECT seq, message_data FROM {ITEMS} WHERE session_id = %(sid)s AND {_NOT_EXPIRED} "
     "ORDER BY seq DESC LIMIT %(limit)s"
 )
-SESSION_EXISTS = f"SELECT 1 FROM {SESSIONS} WHERE session_id = %(sid)s"
+SELECT_FIELDS = f"""
+    SELECT title, metadata FROM {SESSIONS}
+    WHERE session_id = %(sid)s AND NOT coalesce(last_activity < %(since)s, false)"""
+LOCK_SESSION_ACTIVITY = (
+    f"SELECT last_activity < %(since)s FROM {SESSIONS} WHERE session_id = %(sid)s FOR UPDATE"
+)
+INSERT_SESSION = f"""
+    INSERT INTO {SESSIONS}
+        (session_id, user_id, conversation_id, created_at, last_activity, next_seq, late_call_seq)
+    VALUES (%(sid)s, %(user)s, %(conv)s, %(now)s, %(now)s, 1, 0)"""
+SET_TITLE = f"UPDATE {SESSIONS} SET title = %(title)s WHERE session_id = %(sid)s"
+SET_METADATA = f"UPDATE {SESSIONS} SET metadata = %(metadata)s WHERE session_id = %(sid)s"
 SELECT_OWNER = f"SELECT user_id, conversation_id FROM {SESSIONS} WHERE session_id = %(sid)s"
 
 # --- turn locks (see the sessions' turn_lock) -----------------------------------------------
@@ -174,13 +206,16 @@ SELECT_DUMP = f"""
     SELECT s.user_id, s.conversation_id,
         s.created_at AT TIME ZONE 'UTC', s.last_activity AT TIME ZONE 'UTC',
         ARRAY(SELECT i.message_data FROM {ITEMS} AS i
-              WHERE i.session_id = s.session_id ORDER BY i.seq)
+              WHERE i.session_id = s.session_id ORDER BY i.seq),
+        s.title, s.metadata
     FROM {SESSIONS} AS s WHERE s.session_id = %(sid)s"""
 # late_call_seq NULL: not known, so the next prune checks the session whole.
 INSERT_DUMPED_SESSION = f"""
     INSERT INTO {SESSIONS}
-        (session_id, user_id, conversation_id, created_at, last_activity, next_seq, late_call_seq)
-    VALUES (%(sid)s, %(user)s, %(conv)s, %(created)s, %(active)s, 1 + %(n)s, NULL)"""
+        (session_id, user_id, conversation_id, created_at, last_activity, next_seq, late_call_seq,
+         title, metadata)
+    VALUES (%(sid)s, %(user)s, %(conv)s, %(created)s, %(active)s, 1 + %(n)s, NULL,
+        %(title)s, %(metadata)s)"""
 INSERT_DUMPED_ITEMS = f"""
     INSERT INTO {ITEMS} (session_id, seq, message_data, is_user, call_key)
     SELECT %(sid)s, b.ord, b.data, b.is_user, b.call_key
@@ -192,18 +227,36 @@ INSERT_DUMPED_ITEMS = f"""
 # session_id is COLLATE "C": ORDER BY it is code point order, as Python's sorted() and SQLite.
 _STATS = f"""
     SELECT s.session_id, s.user_id, s.conversation_id,
-        s.created_at AT TIME ZONE 'UTC', s.last_activity AT TIME ZONE 'UTC',
+        s.created_at AT TIME ZONE 'UTC', s.last_activity AT TIME ZONE 'UTC', s.title, s.metadata,
         ARRAY(SELECT i.message_data FROM {ITEMS} AS i
               WHERE i.session_id = s.session_id ORDER BY i.seq)
     FROM {SESSIONS} AS s"""
 SESSION_STATS = f"{_STATS} WHERE s.session_id = %(sid)s"
-LIST_SESSIONS = (
-    f"{_STATS} ORDER BY s.last_activity DESC, s.session_id LIMIT %(limit)s OFFSET %(offset)s"
+# Listings count rows without reading them; conditions are added by the backend (fixed text).
+LIST_WITH_COUNTS = f"""
+    SELECT s.session_id, s.user_id, s.conversation_id,
+        s.created_at AT TIME ZONE 'UTC', s.last_activity AT TIME ZONE 'UTC', s.title, s.metadata,
+        (SELECT count(*) FROM {ITEMS} AS i WHERE i.session_id = s.session_id)
+    FROM {SESSIONS} AS s"""
+LIST_BY_USER = "s.user_id = %(user)s"
+LIST_ACTIVE_SINCE = "s.last_activity >= %(since)s"
+# A range plus a tie-break, so the (user_id, last_activity DESC, session_id) index serves it.
+LIST_AFTER = (
+    "s.last_activity <= %(after)s AND (s.last_activity < %(after)s OR s.session_id > %(after_id)s)"
 )
-LIST_USER_SESSIONS = (
-    f"{_STATS} WHERE s.user_id = %(user)s "
-    "ORDER BY s.last_activity DESC, s.session_id LIMIT %(limit)s OFFSET %(offset)s"
-)
+LIST_ORDER = "ORDER BY s.last_activity DESC, s.session_id LIMIT %(limit)s OFFSET %(offset)s"
+USER_SESSION_IDS = f"""
+    SELECT session_id FROM {SESSIONS} WHERE user_id = %(user)s AND session_id > %(after)s
+    ORDER BY session_id LIMIT %(limit)s"""
+# delete_user, one batch per transaction: the rows are locked, so a write in flight waits and
+# then finds its session gone (and creates it anew: the next batch takes it).
+LOCK_USER_BATCH = f"""
+    SELECT session_id FROM {SESSIONS} WHERE user_id = %(user)s
+    ORDER BY session_id LIMIT %(limit)s FOR UPDATE"""
+DELETE_BATCH_ITEMS = f"""
+    WITH d AS (DELETE FROM {ITEMS} WHERE session_id = ANY(%(ids)s::text[]) RETURNING 1)
+    SELECT count(*) FROM d"""
+DELETE_BATCH_SESSIONS = f"DELETE FROM {SESSIONS} WHERE session_id = ANY(%(ids)s::text[])"
 # LIMIT NULL is no limit.
 LIST_IDLE_SESSIONS = (
     f"{_STATS} WHERE s.last_activity < %(cutoff)s "

@@ -22,7 +22,16 @@ from ...ids import legacy_owner
 from ...models import SessionStats
 from ...pruning import Item
 from .. import is_url, redact_url
-from ..base import HealthFacts, Owner, SessionDump, SessionKey, Totals
+from ..base import (
+    UNCHANGED,
+    HealthFacts,
+    ListPosition,
+    Owner,
+    SessionDump,
+    SessionFields,
+    SessionKey,
+    Totals,
+)
 from . import schema, sql
 from .connection import (
     CHECKPOINT_PASSIVE,
@@ -217,9 +226,11 @@ class SQLiteBackend:
 
     # --- one session ---
 
-    async def read_items(self, session_id: str, limit: int | None) -> DecodedRows:
+    async def read_items(
+        self, session_id: str, limit: int | None, active_since: float | None = None
+    ) -> DecodedRows:
         """See ``Backend.read_items``."""
-        return await self._run(lambda conn: sql.read_items(conn, session_id, limit))
+        return await self._run(lambda conn: sql.read_items(conn, session_id, limit, active_since))
 
     async def stored_items(self, session_id: str) -> DecodedRows | None:
         """See ``Backend.stored_items``."""
@@ -232,15 +243,25 @@ class SQLiteBackend:
         payloads: Sequence[str],
         now: float,
         max_items: int,
+        *,
+        active_since: float | None = None,
+        title: str | None = None,
     ) -> int:
         """See ``Backend.append_items``."""
         return await self._run(
-            lambda conn: sql.append_items(conn, key, items, payloads, now, max_items), write=True
+            lambda conn: sql.append_items(
+                conn, key, items, payloads, now, max_items, active_since, title
+            ),
+            write=True,
         )
 
-    async def pop_item(self, session_id: str, now: float) -> Item | None:
+    async def pop_item(
+        self, session_id: str, now: float, active_since: float | None = None
+    ) -> Item | None:
         """See ``Backend.pop_item``."""
-        return await self._run(lambda conn: sql.pop_newest(conn, session_id, now), write=True)
+        return await self._run(
+            lambda conn: sql.pop_newest(conn, session_id, now, active_since), write=True
+        )
 
     async def delete_session(self, session_id: str) -> int | None:
         """See ``Backend.delete_session``."""
@@ -254,6 +275,30 @@ class SQLiteBackend:
         """See ``Backend.prune_session``."""
         return await self._run(
             lambda conn: sql.prune_session(conn, session_id, max_items), write=True
+        )
+
+    async def read_session_fields(
+        self, session_id: str, active_since: float | None
+    ) -> SessionFields | None:
+        """See ``Backend.read_session_fields``."""
+        return await self._run(lambda conn: sql.read_session_fields(conn, session_id, active_since))
+
+    async def set_session_fields(
+        self,
+        key: SessionKey,
+        now: float,
+        active_since: float | None,
+        *,
+        create: bool,
+        title: object = UNCHANGED,
+        metadata: object = UNCHANGED,
+    ) -> bool:
+        """See ``Backend.set_session_fields``."""
+        return await self._run(
+            lambda conn: sql.set_session_fields(
+                conn, key, now, active_since, create, title, metadata
+            ),
+            write=True,
         )
 
     # --- turn locks ---
@@ -287,10 +332,25 @@ class SQLiteBackend:
         return await self._run(lambda conn: sql.session_stats(conn, session_id))
 
     async def list_sessions(
-        self, user_id: str | None, limit: int, offset: int
-    ) -> list[SessionStats]:
+        self,
+        user_id: str | None,
+        limit: int,
+        offset: int,
+        after: ListPosition | None = None,
+        active_since: float | None = None,
+    ) -> list[tuple[SessionStats, ListPosition]]:
         """See ``Backend.list_sessions``."""
-        return await self._run(lambda conn: sql.list_sessions(conn, user_id, limit, offset))
+        return await self._run(
+            lambda conn: sql.list_sessions(conn, user_id, limit, offset, after, active_since)
+        )
+
+    async def user_session_ids(self, user_id: str, after: str | None, limit: int) -> list[str]:
+        """See ``Backend.user_session_ids``."""
+        return await self._run(lambda conn: sql.user_session_ids(conn, user_id, after, limit))
+
+    async def delete_user(self, user_id: str) -> tuple[int, int]:
+        """See ``Backend.delete_user``: one transaction."""
+        return await self._run(lambda conn: sql.delete_user(conn, user_id), write=True)
 
     async def list_idle_sessions(self, cutoff: float, limit: int | None) -> list[SessionStats]:
         """See ``Backend.list_idle_sessions``."""

@@ -286,6 +286,21 @@ def _add_turn_locks(conn: sqlite3.Connection) -> None:
     )
 
 
+def _add_titles_and_metadata(conn: sqlite3.Connection) -> None:
+    # A conversation's title (its first user message unless the app set one) and the app's
+    # metadata as JSON text; and an index that serves a user's keyset-paginated list in its
+    # order (newest activity first, ties by id) without sorting.
+    existing = _columns(conn, SESSIONS_TABLE)
+    for column in ("title", "metadata"):
+        if column not in existing:
+            conn.execute(f"ALTER TABLE {SESSIONS_TABLE} ADD COLUMN {column} TEXT")
+    conn.execute(
+        f"CREATE INDEX IF NOT EXISTS idx_{SESSIONS_TABLE}_user_list "
+        f"ON {SESSIONS_TABLE} (user_id, last_activity_ts DESC, session_id)"
+    )
+    conn.execute(f"DROP INDEX IF EXISTS idx_{SESSIONS_TABLE}_user")
+
+
 def _add_sweeps(conn: sqlite3.Connection) -> None:
     # The latest cleanup sweeps, so health() in any process sees the last one. A row is
     # written as 'running' when a sweep starts: one whose process died stays that way.
@@ -308,6 +323,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         3, "re-check sessions for late answers, also after SDK writes", _recheck_after_sdk_writes
     ),
     Migration(4, "add per-session turn locks with leases", _add_turn_locks),
+    Migration(5, "add conversation titles and metadata", _add_titles_and_metadata),
     Migration(7, "record the latest cleanup sweeps", _add_sweeps),
 )
 LATEST_VERSION = MIGRATIONS[-1].version

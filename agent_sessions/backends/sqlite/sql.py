@@ -14,6 +14,7 @@ from typing import Any
 
 from ...clock import from_timestamp
 from ...codec import DecodedRows, decode_item, decode_rows
+from ...conversations import decode_metadata
 from ...models import SessionStats, SweepRecord
 from ...pruning import (
     Item,
@@ -24,7 +25,15 @@ from ...pruning import (
     outputs_needing_stored_calls,
     pairing,
 )
-from ..base import SWEEP_HISTORY, SessionDump, SessionKey, Totals
+from ..base import (
+    SWEEP_HISTORY,
+    UNCHANGED,
+    ListPosition,
+    SessionDump,
+    SessionFields,
+    SessionKey,
+    Totals,
+)
 from .schema import MESSAGES_TABLE, SESSIONS_TABLE, SWEEPS_TABLE, TURN_LOCKS_TABLE
 
 logger = logging.getLogger("agent_sessions")
@@ -60,26 +69,56 @@ DELETE_SESSION = f"DELETE FROM {SESSIONS_TABLE} WHERE session_id = ?"
 INSERT_ROW = f"INSERT INTO {MESSAGES_TABLE} (session_id, message_data) VALUES (?, ?)"
 UPSERT_SESSION = f"""
     INSERT INTO {SESSIONS_TABLE}
-        (session_id, user_id, conversation_id, created_ts, last_activity_ts)
-    VALUES (?, ?, ?, ?, ?)
+        (session_id, user_id, conversation_id, created_ts, last_activity_ts, title)
+    VALUES (?, ?, ?, ?, ?, ?)
     ON CONFLICT (session_id) DO UPDATE SET
         last_activity_ts = max(coalesce(last_activity_ts, 0), excluded.last_activity_ts),
         user_id = coalesce(user_id, excluded.user_id),
         conversation_id = coalesce(conversation_id, excluded.conversation_id),
-        created_ts = coalesce(created_ts, excluded.created_ts)
+        created_ts = coalesce(created_ts, excluded.created_ts),
+        title = coalesce(title, excluded.title)
 """
+INSERT_SESSION = f"""
+    INSERT INTO {SESSIONS_TABLE}
+        (session_id, user_id, conversation_id, created_ts, last_activity_ts)
+    VALUES (?, ?, ?, ?, ?)
+"""
+SELECT_ACTIVITY = f"SELECT last_activity_ts FROM {SESSIONS_TABLE} WHERE session_id = ?"
+DELETE_SESSION_LOCK = f"DELETE FROM {TURN_LOCKS_TABLE} WHERE session_id = ?"
 TOUCH_SESSION = (
     f"UPDATE {SESSIONS_TABLE} SET last_activity_ts = max(coalesce(last_activity_ts, 0), ?) "
     "WHERE session_id = ?"
 )
 
 
-def read_items(conn: sqlite3.Connection, session_id: str, limit: int | None) -> DecodedRows:
+def is_expired(conn: sqlite3.Connection, session_id: str, active_since: float | None) -> bool:
+    """Whether the session exists and its last activity is before ``active_since``."""
+    if active_since is None:
+        return False
+    row = conn.execute(SELECT_ACTIVITY, (session_id,)).fetchone()
+    return row is not None and row[0] is not None and row[0] < active_since
+
+
+def _start_afresh(conn: sqlite3.Connection, session_id: str) -> None:
+    """Delete an expired session's rows and its row: the next write creates it anew."""
+    conn.execute(DELETE_SESSION_ROWS, (session_id,))
+    conn.execute(DELETE_SESSION, (session_id,))
+
+
+def read_items(
+    conn: sqlite3.Connection,
+    session_id: str,
+    limit: int | None,
+    active_since: float | None = None,
+) -> DecodedRows:
     """Return a session's items in order, oldest first, with the SDK's ``limit`` semantics.
 
     ``None`` or a negative limit reads everything, ``0`` reads nothing, ``n > 0`` reads the
-    newest ``n`` decodable items (the read window widens past corrupt rows).
+    newest ``n`` decodable items (the read window widens past corrupt rows). A session whose
+    last activity is before ``active_since`` has expired and reads as empty.
     """
+    if is_expired(conn, session_id, active_since):
+        return DecodedRows([], [])
     if limit is None or limit < 0:
         return decode_rows(conn.execute(SELECT_ALL_ROWS, (session_id,)))
     if limit == 0:
@@ -138,8 +177,13 @@ def append_items(
     payloads: Sequence[str],
     now: float,
     max_items: int,
+    active_since: float | None = None,
+    title: str | None = None,
 ) -> int:
     """Record activity, insert encoded items and prune, inside the caller's transaction.
+
+    An expired session (last activity before ``active_since``) is started afresh first.
+    ``title`` becomes the session's title unless it has one.
 
     ``payloads[i]`` is the JSON text of ``items[i]``. A tool output or approval response
     whose call is neither earlier in the batch nor stored is not inserted: that happens when
@@ -149,7 +193,11 @@ def append_items(
     Returns:
         The number of rows pruned.
     """
-    conn.execute(UPSERT_SESSION, (key.session_id, key.user_id, key.conversation_id, now, now))
+    if is_expired(conn, key.session_id, active_since):
+        _start_afresh(conn, key.session_id)
+    conn.execute(
+        UPSERT_SESSION, (key.session_id, key.user_id, key.conversation_id, now, now, title)
+    )
     rows = list(zip(items, payloads, strict=True))
     # A call answered after a later user message (in this batch, or stored and answered
     # here) makes prune() check the whole session until the pair is pruned away.
@@ -221,8 +269,15 @@ def session_owner(
     return None if row is None else (row[0], row[1])
 
 
-def pop_newest(conn: sqlite3.Connection, session_id: str, now: float) -> Item | None:
-    """Delete and return the newest decodable item; corrupt rows are skipped, not deleted."""
+def pop_newest(
+    conn: sqlite3.Connection, session_id: str, now: float, active_since: float | None = None
+) -> Item | None:
+    """Delete and return the newest decodable item; corrupt rows are skipped, not deleted.
+
+    An expired session (activity before ``active_since``) has none.
+    """
+    if is_expired(conn, session_id, active_since):
+        return None
     window = 1
     while True:
         rows = conn.execute(SELECT_NEWEST_ROWS, (session_id, window)).fetchall()
@@ -260,6 +315,56 @@ def prune_session(conn: sqlite3.Connection, session_id: str, max_items: int) -> 
     if not session_exists(conn, session_id):
         return None
     return prune(conn, session_id, max_items)
+
+
+SELECT_FIELDS = (
+    f"SELECT title, metadata, last_activity_ts FROM {SESSIONS_TABLE} WHERE session_id = ?"
+)
+SET_TITLE = f"UPDATE {SESSIONS_TABLE} SET title = ? WHERE session_id = ?"
+SET_METADATA = f"UPDATE {SESSIONS_TABLE} SET metadata = ? WHERE session_id = ?"
+
+
+def read_session_fields(
+    conn: sqlite3.Connection, session_id: str, active_since: float | None
+) -> SessionFields | None:
+    """A session's title and metadata text; ``None`` if it does not exist or has expired."""
+    row = conn.execute(SELECT_FIELDS, (session_id,)).fetchone()
+    if row is None or (active_since is not None and row[2] is not None and row[2] < active_since):
+        return None
+    return SessionFields(title=row[0], metadata=row[1])
+
+
+def set_session_fields(
+    conn: sqlite3.Connection,
+    key: SessionKey,
+    now: float,
+    active_since: float | None,
+    create: bool,
+    title: object,
+    metadata: object,
+) -> bool:
+    """Set a session's title and/or metadata; inside a write transaction.
+
+    See ``Backend.set_session_fields``.
+    """
+    row = conn.execute(SELECT_ACTIVITY, (key.session_id,)).fetchone()
+    expired = (
+        row is not None
+        and active_since is not None
+        and row[0] is not None
+        and row[0] < active_since
+    )
+    if row is None or expired:
+        if not create:
+            return False
+        if expired:
+            _start_afresh(conn, key.session_id)
+        conn.execute(INSERT_SESSION, (key.session_id, key.user_id, key.conversation_id, now, now))
+    if title is not UNCHANGED:
+        conn.execute(SET_TITLE, (title, key.session_id))
+    if metadata is not UNCHANGED:
+        conn.execute(SET_METADATA, (metadata, key.session_id))
+    return True
 
 
 # --- turn locks (see the sessions' turn_lock) -------------------------------------------
@@ -309,7 +414,7 @@ def dump_session(conn: sqlite3.Connection, session_id: str) -> SessionDump | Non
     row = conn.execute(SELECT_SESSION, (session_id,)).fetchone()
     if row is None:
         return None
-    _, user_id, conversation_id, created_ts, last_activity_ts = row
+    _, user_id, conversation_id, created_ts, last_activity_ts, title, metadata = row
     payloads: list[str] = []
     corrupt = 0
     for _, data in conn.execute(SELECT_ALL_ROWS, (session_id,)):  # bytes: CAST AS BLOB
@@ -325,13 +430,16 @@ def dump_session(conn: sqlite3.Connection, session_id: str) -> SessionDump | Non
         last_activity=float(last_activity_ts if last_activity_ts is not None else 0.0),
         payloads=tuple(payloads),
         corrupt_rows=corrupt,
+        title=title,
+        metadata=metadata,
     )
 
 
 INSERT_DUMPED_SESSION = f"""
     INSERT INTO {SESSIONS_TABLE}
-        (session_id, user_id, conversation_id, created_ts, last_activity_ts, late_call_row)
-    VALUES (?, ?, ?, ?, ?, NULL)
+        (session_id, user_id, conversation_id, created_ts, last_activity_ts, late_call_row,
+         title, metadata)
+    VALUES (?, ?, ?, ?, ?, NULL, ?, ?)
 """
 
 
@@ -349,6 +457,8 @@ def load_session(conn: sqlite3.Connection, dump: SessionDump) -> None:
             dump.conversation_id,
             dump.created_at,
             dump.last_activity,
+            dump.title,
+            dump.metadata,
         ),
     )
     conn.executemany(INSERT_ROW, [(dump.session_id, payload) for payload in dump.payloads])
@@ -356,16 +466,16 @@ def load_session(conn: sqlite3.Connection, dump: SessionDump) -> None:
 
 # --- many sessions ---------------------------------------------------------------------
 
-_SESSION_COLUMNS = "session_id, user_id, conversation_id, created_ts, last_activity_ts"
+_SESSION_COLUMNS = (
+    "session_id, user_id, conversation_id, created_ts, last_activity_ts, title, metadata"
+)
+LIST_WITH_COUNTS = (
+    "SELECT s.session_id, s.user_id, s.conversation_id, s.created_ts, s.last_activity_ts, "
+    f"s.title, s.metadata, (SELECT COUNT(*) FROM {MESSAGES_TABLE} AS m "
+    f"WHERE m.session_id = s.session_id) FROM {SESSIONS_TABLE} AS s"
+)
+LIST_ORDER = "ORDER BY s.last_activity_ts DESC, s.session_id LIMIT ? OFFSET ?"
 SELECT_SESSION = f"SELECT {_SESSION_COLUMNS} FROM {SESSIONS_TABLE} WHERE session_id = ?"
-LIST_SESSIONS = (
-    f"SELECT {_SESSION_COLUMNS} FROM {SESSIONS_TABLE} "
-    "ORDER BY last_activity_ts DESC, session_id LIMIT ? OFFSET ?"
-)
-LIST_USER_SESSIONS = (
-    f"SELECT {_SESSION_COLUMNS} FROM {SESSIONS_TABLE} WHERE user_id = ? "
-    "ORDER BY last_activity_ts DESC, session_id LIMIT ? OFFSET ?"
-)
 LIST_SESSION_IDS = f"SELECT session_id FROM {SESSIONS_TABLE} ORDER BY session_id"
 COUNT_ACTIVE_SESSIONS = f"SELECT COUNT(*) FROM {SESSIONS_TABLE} WHERE last_activity_ts >= ?"
 COUNT_SESSIONS_AND_ROWS = (
@@ -384,16 +494,23 @@ SELECT_IDLE_BATCH = (
 
 
 def _stats(conn: sqlite3.Connection, row: Sequence[Any]) -> SessionStats:
-    session_id, user_id, conversation_id, created_ts, last_activity_ts = row
+    session_id = row[0]
     decoded = decode_rows(conn.execute(SELECT_ALL_ROWS, (session_id,)))
+    return _stats_from(row, len(decoded.items), len(decoded.corrupt_row_ids))
+
+
+def _stats_from(row: Sequence[Any], count: int, corrupt: int | None) -> SessionStats:
+    session_id, user_id, conversation_id, created_ts, last_activity_ts, title, metadata = row[:7]
     return SessionStats(
         session_id=session_id,
         user_id=user_id,
         conversation_id=conversation_id,
-        message_count=len(decoded.items),
-        corrupt_items=len(decoded.corrupt_row_ids),
+        message_count=count,
+        corrupt_items=corrupt,
         created_at=from_timestamp(created_ts if created_ts is not None else 0.0),
         last_activity=from_timestamp(last_activity_ts if last_activity_ts is not None else 0.0),
+        title=title if isinstance(title, str) else None,
+        metadata=decode_metadata(metadata if isinstance(metadata, str) else None),
     )
 
 
@@ -409,14 +526,61 @@ def session_stats(conn: sqlite3.Connection, session_id: str) -> SessionStats | N
 
 
 def list_sessions(
-    conn: sqlite3.Connection, user_id: str | None, limit: int, offset: int
-) -> list[SessionStats]:
-    """Sessions (of ``user_id``, or all), most recent activity first."""
-    if user_id is None:
-        rows = conn.execute(LIST_SESSIONS, (limit, offset)).fetchall()
-    else:
-        rows = conn.execute(LIST_USER_SESSIONS, (user_id, limit, offset)).fetchall()
-    return [_stats(conn, row) for row in rows]
+    conn: sqlite3.Connection,
+    user_id: str | None,
+    limit: int,
+    offset: int,
+    after: ListPosition | None,
+    active_since: float | None,
+) -> list[tuple[SessionStats, ListPosition]]:
+    """Sessions (of ``user_id``, or all), most recent activity first; see the Backend's."""
+    conditions: list[str] = []
+    params: list[Any] = []
+    if user_id is not None:
+        conditions.append("s.user_id = ?")
+        params.append(user_id)
+    if active_since is not None:
+        conditions.append("s.last_activity_ts >= ?")
+        params.append(active_since)
+    if after is not None:
+        # Written as a range plus a tie-break, so the index serves the range.
+        conditions.append(
+            "s.last_activity_ts <= ? AND (s.last_activity_ts < ? OR s.session_id > ?)"
+        )
+        params.extend((after.activity, after.activity, after.session_id))
+    where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+    rows = conn.execute(
+        f"{LIST_WITH_COUNTS} {where}{LIST_ORDER}", (*params, limit, offset)
+    ).fetchall()
+    return [
+        (_stats_from(row, int(row[7]), None), ListPosition(float(row[4] or 0.0), row[0]))
+        for row in rows
+    ]
+
+
+LIST_USER_SESSION_IDS = (
+    f"SELECT session_id FROM {SESSIONS_TABLE} WHERE user_id = ? AND session_id > ? "
+    "ORDER BY session_id LIMIT ?"
+)
+_USER_SESSIONS = f"SELECT session_id FROM {SESSIONS_TABLE} WHERE user_id = ?"
+DELETE_USER_ROWS = f"DELETE FROM {MESSAGES_TABLE} WHERE session_id IN ({_USER_SESSIONS})"
+DELETE_USER_LOCKS = f"DELETE FROM {TURN_LOCKS_TABLE} WHERE session_id IN ({_USER_SESSIONS})"
+DELETE_USER_SESSIONS = f"DELETE FROM {SESSIONS_TABLE} WHERE user_id = ?"
+
+
+def user_session_ids(
+    conn: sqlite3.Connection, user_id: str, after: str | None, limit: int
+) -> list[str]:
+    """Up to ``limit`` of a user's session ids after ``after``, sorted."""
+    return [row[0] for row in conn.execute(LIST_USER_SESSION_IDS, (user_id, after or "", limit))]
+
+
+def delete_user(conn: sqlite3.Connection, user_id: str) -> tuple[int, int]:
+    """Delete a user's sessions with their rows and locks; inside one write transaction."""
+    rows = conn.execute(DELETE_USER_ROWS, (user_id,)).rowcount
+    conn.execute(DELETE_USER_LOCKS, (user_id,))
+    sessions = conn.execute(DELETE_USER_SESSIONS, (user_id,)).rowcount
+    return int(sessions), int(rows)
 
 
 def list_idle_sessions(
