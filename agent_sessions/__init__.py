@@ -25,7 +25,7 @@ from .errors import (
 )
 from .ids import get_session_id
 from .manager import SessionManager
-from .models import ConversationExport, SessionPage, SessionStats
+from .models import ConversationExport, HealthReport, SessionPage, SessionStats, SweepRecord
 from .settings import AgentSessionSettings, get_settings
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ __all__ = [
     "ConversationExport",
     "CorruptDatabaseError",
     "EventLoopMismatchError",
+    "HealthReport",
     "InvalidArgumentError",
     "InvalidIdentifierError",
     "InvalidItemError",
@@ -57,6 +58,7 @@ __all__ = [
     "StorageError",
     "StorageFullError",
     "StorageUnavailableError",
+    "SweepRecord",
     "TurnLockTimeoutError",
     "__version__",
     "close_server_pools",

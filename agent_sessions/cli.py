@@ -36,7 +36,7 @@ from .exporting import (
 )
 from .ids import MAX_COUNT
 from .manager import SessionManager
-from .models import SessionStats
+from .models import SessionStats, SweepRecord
 from .settings import MAX_RETENTION_DAYS, AgentSessionSettings, load_settings, pool_options
 
 EXIT_OK = 0
@@ -236,21 +236,78 @@ def _kind(item: Mapping[str, Any]) -> str:
 # --- commands -------------------------------------------------------------------------------
 
 
+def _sweep_json(sweep: SweepRecord | None) -> dict[str, Any] | None:
+    if sweep is None:
+        return None
+    return {
+        key: _timestamp(value) if isinstance(value, datetime) else value
+        for key, value in sweep.model_dump().items()
+    }
+
+
+def _sweep_text(sweep: SweepRecord | None) -> str:
+    if sweep is None:
+        return "never"
+    text = f"{_timestamp(sweep.started_at)} {sweep.outcome}, {sweep.sessions_deleted} deleted"
+    if sweep.finished_at is not None:
+        text += f" in {(sweep.finished_at - sweep.started_at).total_seconds():.1f} s"
+    return text + (f" ({sweep.error})" if sweep.error else "")
+
+
+def _size(count: int | None) -> str:
+    if count is None:
+        return "-"
+    size, unit = float(count), "bytes"
+    for larger in ("kB", "MB", "GB", "TB"):
+        if size < 1000:
+            break
+        size, unit = size / 1000, larger
+    return f"{count} bytes" if unit == "bytes" else f"{size:.1f} {unit} ({count} bytes)"
+
+
 async def _stats(manager: SessionManager, args: argparse.Namespace, out: TextIO) -> int:
+    health = await manager.health()
     summary: dict[str, Any] = {
         "database": manager.db_path,
-        "sessions": await manager.get_session_count(),
-        "active_sessions": await manager.get_active_session_count(),
+        "sessions": health.sessions,
+        "active_sessions": health.active_sessions,
         "idle_sessions": await manager.cleanup_inactive_sessions(dry_run=True),
-        "average_items_per_session": round(await manager.get_average_messages_per_session(), 2),
+        "average_items_per_session": round(health.average_items, 2),
+        "items": health.items,
     }
+    oldest = health.oldest_activity
     # The CLI's own settings, not facts about the file: the sessions in it may have been
     # written with another max_messages. Active and idle are counted with retention_days.
-    settings = {"retention_days": manager.retention_days, "max_messages": manager.max_messages}
+    settings: dict[str, Any] = {
+        "retention_days": manager.retention_days,
+        "max_messages": manager.max_messages,
+    }
+    for name in ("warn_average_items", "warn_active_sessions"):
+        if getattr(manager, name) is not None:  # shown when set: they decide what is crossed
+            settings[name] = getattr(manager, name)
     if args.json:
-        out.write(json.dumps({**summary, "settings": settings}, indent=2) + "\n")
+        # Every field of manager.health(), write latency included, although it is this
+        # process's and the CLI writes nothing (so it is null; the text leaves it out).
+        document = {
+            **summary,
+            "database_bytes": health.database_bytes,
+            "oldest_activity": None if oldest is None else _timestamp(oldest),
+            "last_sweep": _sweep_json(health.last_sweep),
+            "thresholds_crossed": list(health.thresholds_crossed),
+            "write_latency_p50": health.write_latency_p50,
+            "write_latency_p95": health.write_latency_p95,
+            "write_samples": health.write_samples,
+            "settings": settings,
+        }
+        out.write(json.dumps(document, indent=2) + "\n")
     else:
-        _fields(summary, out)
+        shown = {
+            "database_size": _size(health.database_bytes),
+            "oldest_activity": "-" if oldest is None else _timestamp(oldest),
+            "last_sweep": _sweep_text(health.last_sweep),
+            "thresholds_crossed": ", ".join(health.thresholds_crossed) or "none",
+        }
+        _fields({**summary, **shown}, out)
         out.write(f"\n{SETTINGS_HEADING}\n")
         _fields(settings, out)
     return EXIT_OK

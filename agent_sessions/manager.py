@@ -14,9 +14,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from . import metrics
 from .backends import Backend, open_backend
 from .backends.base import UNCHANGED, SessionKey
-from .clock import Clock, cutoff_before, days_before, now_timestamp, to_timestamp, utc_now
+from .clock import (
+    Clock,
+    cutoff_before,
+    days_before,
+    from_timestamp,
+    now_timestamp,
+    to_timestamp,
+    utc_now,
+)
 from .conversations import decode_cursor, encode_cursor, encode_metadata, validate_title
 from .durations import parse_duration
 from .errors import (
@@ -27,7 +36,7 @@ from .errors import (
     SessionNotFoundError,
 )
 from .ids import normalize_identifier, positive_int
-from .models import ConversationExport, SessionPage, SessionStats
+from .models import ConversationExport, HealthReport, SessionPage, SessionStats, Threshold
 from .settings import (
     MAX_RETENTION_DAYS,
     AgentSessionSettings,
@@ -53,9 +62,32 @@ EXPORT_PAGE_SIZE = 100
 
 MAX_SESSION_ID_LENGTH = 4096
 
+SWEEP_ERROR_LENGTH = 200
+"""Characters of a failed sweep's error kept in its record."""
+
 
 async def _nothing() -> None:
     return None
+
+
+def _positive_number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise InvalidArgumentError(
+            f"warn_average_items must be a positive number or None, got {value!r}"
+        )
+    return float(value)
+
+
+def sweep_error(exc: BaseException) -> str:
+    """A failed sweep's error for its record: type and first line, shortened.
+
+    Our errors name the database by its location, already without a password; only the
+    first line is kept, so a driver's multi-line detail (which may quote a statement's
+    values) stays out of a table any process can read.
+    """
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= SWEEP_ERROR_LENGTH else text[: SWEEP_ERROR_LENGTH - 3] + "..."
 
 
 def _session_id(value: object) -> str:
@@ -92,6 +124,8 @@ class SessionManager:
         clock: Clock | None = None,
         cleanup_batch_size: int = CLEANUP_BATCH_SIZE,
         create: bool = True,
+        warn_average_items: float | None = None,
+        warn_active_sessions: int | None = None,
     ) -> None:
         """Configure the manager; nothing is opened yet.
 
@@ -110,6 +144,9 @@ class SessionManager:
             create: Create the database (and its folder) if it does not exist; with
                 ``False`` a missing file, or one without session tables, raises
                 ``StorageUnavailableError`` and is left as it was.
+            warn_average_items: ``health()`` warns (once per process) when the average
+                items per session is above it; defaults to settings (unset: never).
+            warn_active_sessions: The same for the sessions active within retention.
 
         Raises:
             InvalidArgumentError: if a number is not a positive integer, or ``db_path`` is not
@@ -137,6 +174,12 @@ class SessionManager:
         )
         """How long a session may be idle before it expires (and cleanup deletes it)."""
         self.cleanup_batch_size = positive_int(cleanup_batch_size, "cleanup_batch_size")
+        average = resolve_setting(warn_average_items, "warn_average_items", settings)
+        self.warn_average_items = None if average is None else _positive_number(average)
+        active = resolve_setting(warn_active_sessions, "warn_active_sessions", settings)
+        self.warn_active_sessions = (
+            None if active is None else positive_int(active, "warn_active_sessions")
+        )
         self._backend: Backend = open_backend(
             target, create=create, offload=True, pool=pool_options(settings)
         )
@@ -547,22 +590,117 @@ class SessionManager:
         cutoff = self._idle_cutoff(retention_days)
         if dry_run:
             return await self._use(lambda: self._backend.count_idle_sessions(cutoff))
+        sweep_started = self._now()
+        sweep_id = await self._use(lambda: self._backend.start_sweep(sweep_started))
         deleted = 0
-        batch_size = self.cleanup_batch_size
-        while True:
-            size = batch_size
-            started = time.perf_counter()
-            done = await self._use(lambda: self._backend.delete_idle_batch(cutoff, size))  # noqa: B023
-            held = time.perf_counter() - started
-            if not done:
-                await self._use(self._backend.finish_cleanup)
-                return deleted
-            deleted += done
-            logger.debug("cleanup: %d session(s) in %.1f ms", done, held * 1000)
-            # Size the next batch so a transaction takes about the target time (on SQLite it
-            # holds the write lock), then leave as long free, so live writers get their turn.
-            # Proportional, within half to double: a batch's fixed cost (a round trip to a
-            # server) must not pin the size at 1, as halving below a threshold would.
-            scale = min(2.0, max(0.5, CLEANUP_TRANSACTION_SECONDS / max(held, 1e-6)))
-            batch_size = max(1, min(_MAX_CLEANUP_BATCH, math.ceil(batch_size * scale)))
-            await asyncio.sleep(min(held, CLEANUP_TRANSACTION_SECONDS))
+        try:
+            batch_size = self.cleanup_batch_size
+            while True:
+                size = batch_size
+                started = time.perf_counter()
+                done = await self._use(lambda: self._backend.delete_idle_batch(cutoff, size))  # noqa: B023
+                held = time.perf_counter() - started
+                if not done:
+                    await self._use(self._backend.finish_cleanup)
+                    break
+                deleted += done
+                logger.debug("cleanup: %d session(s) in %.1f ms", done, held * 1000)
+                # Size the next batch so a transaction takes about the target time (on SQLite
+                # it holds the write lock), then leave as long free, so live writers get their
+                # turn. Proportional, within half to double: a batch's fixed cost (a round trip
+                # to a server) must not pin the size at 1, as halving below a threshold would.
+                scale = min(2.0, max(0.5, CLEANUP_TRANSACTION_SECONDS / max(held, 1e-6)))
+                batch_size = max(1, min(_MAX_CLEANUP_BATCH, math.ceil(batch_size * scale)))
+                await asyncio.sleep(min(held, CLEANUP_TRANSACTION_SECONDS))
+        except SessionClosedError:
+            raise  # closed mid-run: nothing left to record with; the record stays 'running'
+        except BaseException as exc:
+            await self._record_failed_sweep(sweep_id, deleted, exc)
+            raise
+        await self._use(
+            lambda: self._backend.finish_sweep(sweep_id, self._now(), "ok", deleted, None)
+        )
+        return deleted
+
+    async def _record_failed_sweep(self, sweep_id: int, deleted: int, exc: BaseException) -> None:
+        """Record a sweep as failed; a failure to record is logged, not raised over ``exc``."""
+        error = sweep_error(exc)
+        try:
+            await self._use(
+                lambda: self._backend.finish_sweep(sweep_id, self._now(), "failed", deleted, error)
+            )
+        except Exception:
+            logger.warning("agent_sessions: could not record the failed sweep", exc_info=True)
+
+    # --- health ---
+
+    async def health(self) -> HealthReport:
+        """Size, counts, oldest activity, the last sweep, and this process's write latency.
+
+        Cheap enough to poll: the counts ``get_session_count`` takes, index lookups and file
+        sizes. A count above a threshold (``warn_average_items``, ``warn_active_sessions``)
+        is listed in ``thresholds_crossed`` and logged as a warning on the ``agent_sessions``
+        logger, once per process for each threshold.
+        """
+        cutoff = self._idle_cutoff(None)
+        facts = await self._use(lambda: self._backend.health(cutoff))
+        totals = facts.totals
+        average = totals.items / totals.sessions if totals.sessions else 0.0
+        latency = metrics.write_latency.summary()
+        return HealthReport(
+            database=self.db_path,
+            database_bytes=facts.database_bytes,
+            sessions=totals.sessions,
+            items=totals.items,
+            active_sessions=totals.active_sessions,
+            average_items=average,
+            oldest_activity=(
+                None if facts.oldest_activity is None else from_timestamp(facts.oldest_activity)
+            ),
+            last_sweep=facts.last_sweep,
+            write_latency_p50=latency.p50,
+            write_latency_p95=latency.p95,
+            write_samples=latency.samples,
+            thresholds_crossed=self._thresholds_crossed(average, totals.active_sessions),
+        )
+
+    def _thresholds_crossed(self, average: float, active: int) -> tuple[Threshold, ...]:
+        crossed: list[Threshold] = []
+        limit = self.warn_average_items
+        if limit is not None and average > limit:
+            crossed.append("average_items")
+            if metrics.threshold_warnings.first("average_items"):
+                logger.warning(
+                    "agent_sessions: %.1f items per session on average in %s, above "
+                    "warn_average_items (%g)",
+                    average,
+                    self.db_path,
+                    limit,
+                )
+        active_limit = self.warn_active_sessions
+        if active_limit is not None and active > active_limit:
+            crossed.append("active_sessions")
+            if metrics.threshold_warnings.first("active_sessions"):
+                logger.warning(
+                    "agent_sessions: %d active sessions in %s, above warn_active_sessions (%d)",
+                    active,
+                    self.db_path,
+                    active_limit,
+                )
+        return tuple(crossed)
+
+    async def _check_thresholds(self) -> None:
+        """``health()`` for its warnings, if a threshold is set and not yet warned about.
+
+        For the scheduled sweep: once both have warned, it skips the counts.
+        """
+        watched = {
+            name
+            for name, limit in (
+                ("average_items", self.warn_average_items),
+                ("active_sessions", self.warn_active_sessions),
+            )
+            if limit is not None
+        }
+        if metrics.threshold_warnings.pending(watched):
+            await self.health()

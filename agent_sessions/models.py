@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -48,3 +48,54 @@ class ConversationExport(BaseModel):
 
     session: SessionStats
     items: list[dict[str, Any]]
+
+
+SweepOutcome = Literal["running", "ok", "failed"]
+"""``running``: started and not finished (still running, or its process died)."""
+
+Threshold = Literal["average_items", "active_sessions"]
+"""A monitoring threshold of the settings (``warn_average_items``, ``warn_active_sessions``)."""
+
+
+class SweepRecord(BaseModel):
+    """One cleanup sweep, as recorded in the database (visible to every process)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    started_at: datetime
+    finished_at: datetime | None
+    """``None`` while ``outcome`` is ``running``."""
+    outcome: SweepOutcome
+    sessions_deleted: int
+    """Sessions deleted (by a failed sweep: before it failed)."""
+    error: str | None
+    """Why a failed sweep failed: the error's type and first line, shortened."""
+
+
+class HealthReport(BaseModel):
+    """What ``SessionManager.health()`` found: size, counts, the last sweep, write latency."""
+
+    model_config = ConfigDict(frozen=True)
+
+    database: str
+    """The file's path, or the URL without its password."""
+    database_bytes: int | None
+    """SQLite: the file with its ``-wal`` and ``-shm``; PostgreSQL: our tables and indexes."""
+    sessions: int
+    items: int
+    """Stored rows, corrupt ones included."""
+    active_sessions: int
+    """Sessions active within the retention period."""
+    average_items: float
+    """``items / sessions``; ``0.0`` without sessions."""
+    oldest_activity: datetime | None
+    """The least recent session's last activity; ``None`` without sessions."""
+    last_sweep: SweepRecord | None
+    """The most recently started cleanup sweep, by any process."""
+    write_latency_p50: float | None
+    """Seconds of this process's recent ``add_items`` calls; ``None`` before the first."""
+    write_latency_p95: float | None
+    write_samples: int
+    """How many writes the percentiles are taken over (the most recent ones)."""
+    thresholds_crossed: tuple[Threshold, ...]
+    """The monitoring thresholds the counts are above (a warning is logged once for each)."""

@@ -1,4 +1,7 @@
-"""The daily cleanup job, wired into APScheduler 3.x, in an app or as a standalone daemon."""
+"""The cleanup job, daily and every ``cleanup_interval``, in an app or as a standalone daemon.
+
+Wired into APScheduler 3.x.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,12 @@ import signal
 from zoneinfo import ZoneInfo
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
+from .durations import format_duration
 from .errors import SchedulerError, SessionClosedError
 from .manager import SessionManager
 from .settings import AgentSessionSettings, get_settings
@@ -29,17 +36,19 @@ async def run_cleanup(
     """Run one cleanup, logging the outcome; never raises, so the schedule survives errors.
 
     With no ``manager``, a fresh one is opened from ``settings`` for this run and closed after.
+    After the sweep, the counts are checked against the monitoring thresholds (see
+    ``SessionManager.health``) while one of them has not warned yet.
 
     Returns:
         The number of sessions deleted, or ``None`` if the run failed (the error is logged).
     """
     try:
         if manager is not None:
-            deleted = await manager.cleanup_inactive_sessions()
+            deleted = await _sweep(manager)
             db_path = manager.db_path
         else:
             async with SessionManager(settings=settings or get_settings()) as own:
-                deleted = await own.cleanup_inactive_sessions()
+                deleted = await _sweep(own)
                 db_path = own.db_path
     except SessionClosedError as exc:
         # Expected when an app shuts down mid-run (the batches done so far are committed); a
@@ -53,6 +62,27 @@ async def run_cleanup(
     return deleted
 
 
+async def _sweep(manager: SessionManager) -> int:
+    deleted = await manager.cleanup_inactive_sessions()
+    try:
+        await manager._check_thresholds()  # private to the package: the sweep's own check
+    except Exception:  # a failed check is no failed sweep: it is done and recorded
+        logger.warning("agent_sessions: checking the monitoring thresholds failed", exc_info=True)
+    return deleted
+
+
+def _trigger(settings: AgentSessionSettings) -> BaseTrigger:
+    """Daily at ``cleanup_hour:cleanup_minute``, or that or every ``cleanup_interval``."""
+    zone = ZoneInfo(settings.timezone)
+    daily = CronTrigger(hour=settings.cleanup_hour, minute=settings.cleanup_minute, timezone=zone)
+    if settings.cleanup_interval is None:
+        return daily
+    # One job on both schedules, so its max_instances=1 also keeps the two from overlapping.
+    return OrTrigger(
+        [daily, IntervalTrigger(seconds=settings.cleanup_interval.total_seconds(), timezone=zone)]
+    )
+
+
 def start_cleanup_scheduler(
     manager: SessionManager | None = None,
     *,
@@ -61,8 +91,11 @@ def start_cleanup_scheduler(
 ) -> AsyncIOScheduler:
     """Schedule ``cleanup_inactive_sessions`` daily at ``cleanup_hour:cleanup_minute``.
 
-    Registers the job ``CLEANUP_JOB_ID`` (replacing any earlier one): coalesced, one instance
-    at a time, with a misfire grace of ``MISFIRE_GRACE_SECONDS``. Starts the scheduler if it
+    With ``cleanup_interval`` set, the same job also runs that often (from now), for
+    retentions measured in minutes or hours. Registers the job ``CLEANUP_JOB_ID`` (replacing
+    any earlier one): coalesced, one instance at a time (a run due while the last one still
+    runs is skipped, not queued), with a misfire grace of ``MISFIRE_GRACE_SECONDS``.
+    Starts the scheduler if it
     is not running, which needs a running event loop (call it from async code, e.g. a
     FastAPI lifespan). Several processes each running it is safe: cleanup works in short
     transactions and a second run finds nothing left to delete.
@@ -93,9 +126,7 @@ def start_cleanup_scheduler(
         )
     scheduler.add_job(
         run_cleanup,
-        trigger=CronTrigger(
-            hour=settings.cleanup_hour, minute=settings.cleanup_minute, timezone=zone
-        ),
+        trigger=_trigger(settings),
         args=(manager, settings),
         id=CLEANUP_JOB_ID,
         name="agent_sessions cleanup",
@@ -153,10 +184,12 @@ async def run_daemon(
                 pass
         scheduler = start_cleanup_scheduler(manager, settings=settings)
         job = scheduler.get_job(CLEANUP_JOB_ID)
+        every = settings.cleanup_interval
         logger.info(
-            "agent_sessions cleanup daemon started for %s; next run at %s",
+            "agent_sessions cleanup daemon started for %s; next run at %s%s",
             manager.db_path,
             job.next_run_time if job is not None else "?",
+            "" if every is None else f" (daily, and every {format_duration(every)})",
         )
         try:
             await stop.wait()

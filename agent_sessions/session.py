@@ -19,7 +19,7 @@ from agents.items import TResponseInputItem
 from agents.memory import SessionABC, SessionSettings
 from agents.memory.session_settings import coerce_session_settings, resolve_session_limit
 
-from . import codec
+from . import codec, metrics
 from .backends import is_url, open_backend
 from .backends.base import UNCHANGED, Backend, SessionKey
 from .backends.sqlite import SQLiteBackend
@@ -109,6 +109,7 @@ class BoundedSessionMixin:
             items = _as_item_list(items)
         payloads = codec.encode_items(items)
         moment = self._clock()
+        started = time.perf_counter()  # for health(): latency, not time, so not the clock
         pruned = await backend.append_items(
             self._key,
             items,
@@ -118,6 +119,7 @@ class BoundedSessionMixin:
             active_since=cutoff_before(moment, self.retention),
             title=default_title(items),
         )
+        metrics.write_latency.add(time.perf_counter() - started)
         if pruned:
             logger.debug("session %r: pruned %d item(s)", self.session_id, pruned)
 

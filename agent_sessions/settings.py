@@ -72,6 +72,22 @@ class AgentSessionSettings(BaseSettings):
     cleanup_hour: int = Field(default=2, ge=0, le=23, description="Hour of the daily cleanup.")
     cleanup_minute: int = Field(default=0, ge=0, le=59, description="Minute of the daily cleanup.")
     timezone: str = Field(default="UTC", description="IANA time zone of the cleanup schedule.")
+    warn_average_items: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description=(
+            "health() and the scheduled sweep log a warning (once per process) when the "
+            "average items per session is above this; unset: never."
+        ),
+    )
+    warn_active_sessions: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "The same when more sessions than this were active within retention; unset: never."
+        ),
+    )
     database_url: str | None = Field(
         default=None,
         repr=False,  # it may hold a password
@@ -112,6 +128,13 @@ class AgentSessionSettings(BaseSettings):
         if value is None or (isinstance(value, str) and not value.strip()):
             return None  # an empty variable means "not set"
         return parse_duration(value, info.field_name or "duration")
+
+    @field_validator("warn_average_items", "warn_active_sessions", mode="before")
+    @classmethod
+    def _threshold_unset(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None  # an empty variable means "not set"
+        return value
 
     @field_validator("max_messages")
     @classmethod

@@ -27,6 +27,18 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterat
     get_settings.cache_clear()
 
 
+@pytest.fixture(autouse=True)
+def fresh_metrics() -> Iterator[None]:
+    """Start each test as a new process would: no write latencies, no warnings logged yet."""
+    from agent_sessions import metrics
+
+    metrics.write_latency.clear()
+    metrics.threshold_warnings.clear()
+    yield
+    metrics.write_latency.clear()
+    metrics.threshold_warnings.clear()
+
+
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     """A fresh database file path (not yet created)."""

@@ -462,3 +462,24 @@ async def test_a_version_3_database_gets_turn_locks(tmp_path: Path) -> None:
         assert sql.take_turn_lock(conn, "user_ada_conv_c1", "me", 1.0, 31.0)
         assert not sql.take_turn_lock(conn, "user_ada_conv_c1", "other", 30.0, 60.0)
         assert sql.take_turn_lock(conn, "user_ada_conv_c1", "other", 31.0, 61.0)
+
+
+async def test_a_version_4_database_gets_the_sweep_record(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "v4.db"
+    with AgentSession("ada", "c1", db_path=path) as session:
+        await session.add_items([user("before the upgrade")])
+    close_idle_connections()  # the next open migrates, as in a fresh process
+    execute(
+        path,
+        "DELETE FROM agent_sessions_schema WHERE version > 4",
+        f"DROP TABLE {schema.SWEEPS_TABLE}",
+    )
+    async with SessionManager(path, clock=clock) as manager:
+        assert (await manager.health()).last_sweep is None
+        assert await manager.cleanup_inactive_sessions() == 0
+        sweep = (await manager.health()).last_sweep
+    assert sweep is not None
+    assert (sweep.outcome, sweep.started_at) == ("ok", clock.now)
+    assert query(path, "SELECT MAX(version) FROM agent_sessions_schema") == [
+        (schema.LATEST_VERSION,)
+    ]

@@ -16,7 +16,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
 from agent_sessions import (
     CLEANUP_JOB_ID,
@@ -245,8 +247,9 @@ async def test_batches_delete_every_idle_session(db_path: Path, clock: FakeClock
     ]
     transactions = [sql for sql in statements if sql.startswith("BEGIN")]
     assert len(batches[0]) == 3, f"the first batch is cleanup_batch_size: {batches[0]}"
-    # One transaction per batch, selection included, and a last one that finds none left.
-    assert len(transactions) == len(batches) + 1, (len(transactions), [len(b) for b in batches])
+    # One transaction per batch, selection included, a last one that finds none left, and
+    # two writing the sweep's record (at its start and its end).
+    assert len(transactions) == len(batches) + 3, (len(transactions), [len(b) for b in batches])
     assert len(batches) >= 3, [len(b) for b in batches]
     assert sorted(sid for batch in batches for sid in batch) == sorted(idle)
     assert session_ids(db_path) == set(keep)
@@ -648,3 +651,135 @@ async def test_cleanup_drops_the_turn_locks_of_the_sessions_it_deletes(
     async with manager_for(db_path, clock) as manager:
         assert await manager.cleanup_inactive_sessions() == 1
     assert query(db_path, "SELECT session_id FROM agent_sessions_turn_locks") == [(active,)]
+
+
+# --- the cleanup interval -------------------------------------------------------------------
+
+
+async def test_with_an_interval_the_job_also_runs_that_often(
+    db_path: Path, clock: FakeClock, scheduler: AsyncIOScheduler
+) -> None:
+    settings = paris_settings(db_path, cleanup_interval="5m")
+    assert settings.cleanup_interval == timedelta(minutes=5)
+    async with manager_for(db_path, clock) as manager:
+        before = utc_now()
+        start_cleanup_scheduler(manager, scheduler=scheduler, settings=settings)
+        (job,) = scheduler.get_jobs()
+        assert job.id == CLEANUP_JOB_ID
+        assert (job.coalesce, job.max_instances) == (True, 1)
+        trigger = job.trigger
+        assert isinstance(trigger, OrTrigger)
+        daily, every = trigger.triggers
+        assert isinstance(daily, CronTrigger)
+        assert isinstance(every, IntervalTrigger)
+        fields = {field.name: str(field) for field in daily.fields}
+        assert (fields["hour"], fields["minute"]) == ("3", "30"), fields
+        assert every.interval == timedelta(minutes=5)
+        # The first interval run is one interval from now (unless 3:30 in Paris comes first).
+        assert before < job.next_run_time <= utc_now() + timedelta(minutes=5)
+        # After a run at 3:20 the next is at 3:25, then 3:30 (daily), then 3:35.
+        runs = [datetime(2026, 3, 10, 3, 20, tzinfo=PARIS)]
+        for _ in range(3):
+            runs.append(trigger.get_next_fire_time(runs[-1], runs[-1]))
+        assert [(run.hour, run.minute) for run in runs[1:]] == [(3, 25), (3, 30), (3, 35)]
+
+
+async def test_without_an_interval_the_job_is_daily_only(
+    db_path: Path, scheduler: AsyncIOScheduler
+) -> None:
+    start_cleanup_scheduler(scheduler=scheduler, settings=paris_settings(db_path))
+    job = scheduler.get_job(CLEANUP_JOB_ID)
+    assert job is not None
+    assert isinstance(job.trigger, CronTrigger)
+
+
+class BlockingBackend:
+    """Delegates to a manager's backend; each sweep waits at its start until released."""
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+        self.sweeps = 0
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    async def start_sweep(self, started: float) -> int:
+        self.sweeps += 1
+        self.entered.set()
+        await self.release.wait()
+        return int(await self._backend.start_sweep(started))
+
+
+async def test_a_run_due_while_one_runs_is_skipped_not_stacked(
+    db_path: Path, clock: FakeClock, scheduler: AsyncIOScheduler, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="agent_sessions")
+    await write(db_path, "idle", [user("x")], clock)
+    clock.advance(days=8)
+    manager = manager_for(db_path, clock)
+    backend = BlockingBackend(manager._backend)
+    manager._backend = backend  # type: ignore[assignment]  # private seam
+    skipped = _Waiter("maximum number of running instances")
+    finished = _Waiter("cleanup deleted")
+    logging.getLogger("apscheduler.scheduler").addHandler(skipped)
+    logging.getLogger("agent_sessions").addHandler(finished)
+    try:
+        async with manager:
+            settings = paris_settings(db_path, cleanup_interval="1m")
+            start_cleanup_scheduler(manager, scheduler=scheduler, settings=settings)
+            job = scheduler.get_job(CLEANUP_JOB_ID)
+            assert job is not None
+            job.modify(next_run_time=utc_now())  # due now
+            await asyncio.wait_for(backend.entered.wait(), timeout=10)
+            job.modify(next_run_time=utc_now())  # due again while the first still runs
+            await asyncio.wait_for(skipped.seen.wait(), timeout=10)
+            backend.release.set()
+            await asyncio.wait_for(finished.seen.wait(), timeout=10)
+            assert backend.sweeps == 1, "a second sweep started beside the first"
+            assert (await manager.health()).last_sweep is not None
+    finally:
+        logging.getLogger("apscheduler.scheduler").removeHandler(skipped)
+        logging.getLogger("agent_sessions").removeHandler(finished)
+    assert any("deleted 1 idle session" in m for m in finished.messages), finished.messages
+
+
+async def test_the_daemon_sweeps_on_the_interval_too(
+    db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="agent_sessions")
+    waiter = _Waiter("daemon started")
+    logger = logging.getLogger("agent_sessions")
+    logger.addHandler(waiter)
+    stop = asyncio.Event()
+    try:
+        settings = paris_settings(db_path, cleanup_interval="2m")
+        task = asyncio.create_task(run_daemon(settings, stop=stop))
+        await asyncio.wait_for(waiter.seen.wait(), timeout=10)
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+    finally:
+        logger.removeHandler(waiter)
+    started = next(m for m in waiter.messages if "daemon started" in m)
+    assert "daily, and every 2m" in started, started
+    # The first run is the interval's, two minutes from the start, not the 3:30 daily one.
+    when = datetime.fromisoformat(started.split("next run at ")[1].split(" (")[0])
+    assert when - utc_now() <= timedelta(minutes=2), started
+
+
+async def test_the_scheduled_sweep_warns_once_about_a_threshold(
+    db_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    for n in range(3):
+        await write(db_path, f"c{n}", [user("x")], clock)
+    settings = paris_settings(db_path, warn_active_sessions=2)
+    caplog.set_level(logging.INFO, logger="agent_sessions")
+    async with SessionManager(settings=settings, clock=clock) as manager:
+        assert manager.warn_active_sessions == 2
+        for _ in range(3):
+            assert await run_cleanup(manager) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "3 active sessions" in warnings[0]
+    assert "warn_active_sessions (2)" in warnings[0]

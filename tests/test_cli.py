@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import os
 import queue
 import re
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_sessions import AgentSession, get_session_id
+from agent_sessions import AgentSession, get_session_id, metrics
 from agent_sessions.backends.sqlite import schema
 from agent_sessions.cli import main
 from agent_sessions.clock import utc_now
@@ -100,33 +101,91 @@ def text_fields(output: str) -> dict[str, str]:
 # --- stats ----------------------------------------------------------------------------------
 
 
+def oldest_activity(db_path: Path) -> str:
+    """Bob's last activity as the CLI prints it (his session is the least recent)."""
+    code, output = run("--db", db_path, "show", BOB, "--json")
+    assert code == 0
+    return str(json.loads(output)["last_activity"])
+
+
 def test_stats_text(populated: Path) -> None:
     code, output = run("--db", populated, "stats")
     assert code == 0
     stored, _, settings = output.partition("\n\n")
-    assert text_fields(stored) == {
+    fields = text_fields(stored)
+    size = fields.pop("database size")
+    assert fields == {
         "database": str(populated),
         "sessions": "3",
         "active sessions": "2",
         "idle sessions": "1",
         "average items per session": "3.67",
+        "items": "11",
+        "oldest activity": oldest_activity(populated),
+        "last sweep": "never",
+        "thresholds crossed": "none",
     }, output
+    files = [populated, Path(f"{populated}-wal"), Path(f"{populated}-shm")]
+    bytes_on_disk = sum(path.stat().st_size for path in files if path.exists())
+    assert re.fullmatch(rf"\d+\.\d (kB|MB) \({bytes_on_disk} bytes\)", size), (size, output)
     heading, _, settings = settings.partition("\n")
     assert heading == "settings (not stored in the database)", output
     assert text_fields(settings) == {"retention days": "7", "max messages": "200"}, output
 
 
 def test_stats_json(populated: Path) -> None:
+    metrics.write_latency.clear()  # populated wrote in this process: be a fresh CLI process
     code, output = run("--db", populated, "stats", "--json")
     assert code == 0
-    assert json.loads(output) == {
+    stats = json.loads(output)
+    assert stats.pop("database_bytes") > 0
+    assert stats == {
         "database": str(populated),
         "sessions": 3,
         "active_sessions": 2,
         "idle_sessions": 1,
         "average_items_per_session": 3.67,
+        "items": 11,
+        "oldest_activity": oldest_activity(populated),
+        "last_sweep": None,
+        "thresholds_crossed": [],
+        "write_latency_p50": None,  # this process's, and the CLI writes nothing
+        "write_latency_p95": None,
+        "write_samples": 0,
         "settings": {"retention_days": 7, "max_messages": 200},
     }
+
+
+def test_stats_shows_the_last_sweep_and_the_thresholds_crossed(
+    populated: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert run("--db", populated, "cleanup")[0] == 0
+    monkeypatch.setenv("AGENT_SESSION_WARN_ACTIVE_SESSIONS", "1")
+    monkeypatch.setenv("AGENT_SESSION_WARN_AVERAGE_ITEMS", "10")
+    get_settings.cache_clear()
+    code, output = run("--db", populated, "stats", "--json")
+    assert code == 0
+    stats = json.loads(output)
+    sweep = stats["last_sweep"]
+    assert (sweep["outcome"], sweep["sessions_deleted"], sweep["error"]) == ("ok", 1, None)
+    assert sweep["started_at"] <= sweep["finished_at"]
+    assert stats["thresholds_crossed"] == ["active_sessions"]
+    assert stats["settings"] == {
+        "retention_days": 7,
+        "max_messages": 200,
+        "warn_average_items": 10.0,
+        "warn_active_sessions": 1,
+    }
+    code, output = run("--db", populated, "stats")
+    assert code == 0
+    fields = text_fields(output.partition("\n\n")[0])
+    assert fields["thresholds crossed"] == "active_sessions"
+    assert re.fullmatch(
+        rf"{sweep['started_at']} ok, 1 deleted in \d+\.\d s", fields["last sweep"]
+    ), fields
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings  # the threshold, once in this process
+    assert "above warn_active_sessions (1)" in warnings[0]
 
 
 def test_stats_does_not_present_the_clis_settings_as_the_databases(db_path: Path) -> None:

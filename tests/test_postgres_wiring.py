@@ -324,6 +324,7 @@ def test_migrate_creates_the_tables_once(live_url: str, capsys: pytest.CaptureFi
         "agent_sessions_session",
         "agent_sessions_item",
         "agent_sessions_turn_lock",
+        "agent_sessions_sweep",
     }
     code, output = run_cli("--db", live_url, "migrate")
     assert (code, output) == (

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from ..codec import DecodedRows
-from ..models import SessionStats
+from ..models import SessionStats, SweepRecord
 from ..pruning import Item
 
 Owner = tuple[str | None, str | None]
@@ -49,6 +49,23 @@ class Totals:
     """Stored rows, corrupt ones included."""
     active_sessions: int
     """Sessions whose last activity is at or after the cutoff asked for."""
+
+
+SWEEP_HISTORY = 20
+"""Sweep records kept; older ones are deleted when a sweep starts."""
+
+
+@dataclass(frozen=True)
+class HealthFacts:
+    """What a backend knows of its database's health, read together."""
+
+    totals: Totals
+    oldest_activity: float | None
+    """The least recent last activity (POSIX seconds); ``None`` without sessions."""
+    database_bytes: int | None
+    """Bytes the database uses for our data; ``None`` where it has no size (in memory)."""
+    last_sweep: SweepRecord | None
+    """The most recently started sweep."""
 
 
 @dataclass(frozen=True)
@@ -313,4 +330,32 @@ class Backend(Protocol):
 
     async def finish_cleanup(self) -> None:
         """Housekeeping after a cleanup deleted sessions (SQLite: a WAL checkpoint)."""
+        ...
+
+    # --- health ---
+
+    async def health(self, active_since: float) -> HealthFacts:
+        """Counts (as ``totals``), the oldest activity, the size and the last sweep.
+
+        Cheap: the counts of ``totals`` and index lookups, no other scan.
+        """
+        ...
+
+    async def start_sweep(self, started: float) -> int:
+        """Record a sweep as running from ``started``, keeping ``SWEEP_HISTORY`` records.
+
+        Returns:
+            The record's id, for ``finish_sweep``.
+        """
+        ...
+
+    async def finish_sweep(
+        self,
+        sweep_id: int,
+        finished: float,
+        outcome: Literal["ok", "failed"],
+        sessions_deleted: int,
+        error: str | None,
+    ) -> None:
+        """Record how the sweep ``sweep_id`` ended (nothing if its record is gone)."""
         ...

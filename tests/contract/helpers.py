@@ -57,6 +57,10 @@ def _sqlite(target: str, statement: str, params: Any = ()) -> list[Any]:
         return conn.execute(statement, params).fetchall()
 
 
+def sqlite_query(target: str, statement: str, params: Any = ()) -> list[Any]:
+    return _sqlite(target, statement, params)
+
+
 def stored_rows(target: str) -> dict[str, int]:
     """Item rows per session id, corrupt ones and any left without a session row included."""
     if is_postgres(target):

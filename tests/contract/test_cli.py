@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from agent_sessions import metrics
 from agent_sessions.cli import main
 from agent_sessions.clock import utc_now
 from tests.conftest import FakeClock
@@ -90,19 +91,30 @@ def has_tables(target: str) -> bool:
 
 def test_stats_list_show_export(target: str) -> None:
     populate(target)
+    metrics.write_latency.clear()  # populate wrote in this process: be a fresh CLI process
     code, output = run("--db", target, "stats", "--json")
     assert code == 0
-    assert json.loads(output) == {
+    stats = json.loads(output)
+    assert stats.pop("database_bytes") > 0
+    oldest = stats.pop("oldest_activity")
+    assert stats == {
         "database": location(target),
         "sessions": 3,
         "active_sessions": 2,
         "idle_sessions": 1,
         "average_items_per_session": 3.67,
+        "items": 11,
+        "last_sweep": None,
+        "thresholds_crossed": [],
+        "write_latency_p50": None,
+        "write_latency_p95": None,
+        "write_samples": 0,
         "settings": {"retention_days": 7, "max_messages": 200},
     }
     code, text = run("--db", target, "stats")
     assert code == 0
     assert "average items per session  3.67" in text
+    assert f"oldest activity            {oldest}" in text
 
     code, output = run("--db", target, "list", "--json")
     listed = json.loads(output)
@@ -139,6 +151,17 @@ def test_prune_and_clear(target: str) -> None:
     code, output = run("--db", target, "clear", BOB)
     assert (code, output) == (0, f"cleared {BOB} (1 item(s) deleted)\n")
     assert stored_rows(target) == {ALICE_1: 4, ALICE_2: 2}
+
+
+def test_stats_shows_the_last_sweep(target: str) -> None:
+    populate(target)
+    assert run("--db", target, "cleanup")[0] == 0
+    code, output = run("--db", target, "stats", "--json")
+    assert code == 0
+    sweep = json.loads(output)["last_sweep"]
+    assert (sweep["outcome"], sweep["sessions_deleted"], sweep["error"]) == ("ok", 1, None)
+    code, text = run("--db", target, "stats")
+    assert f"last sweep                 {sweep['started_at']} ok, 1 deleted in " in text
 
 
 def test_cleanup_dry_run_json_then_for_real(target: str) -> None:

@@ -88,7 +88,16 @@ async def test_reads_take_one_round_trip(counted: PostgresBackend, proxy: RoundT
     assert await round_trips(proxy, counted.session_stats("s")) == 1
     assert await round_trips(proxy, counted.list_sessions(None, 10, 0)) == 1
     assert await round_trips(proxy, counted.totals(T0)) == 1
+    assert await round_trips(proxy, counted.health(T0)) == 1
     assert await round_trips(proxy, counted.delete_session("s")) == 1
+
+
+async def test_a_sweep_record_takes_one_round_trip_at_each_end(
+    counted: PostgresBackend, proxy: RoundTripProxy
+) -> None:
+    sweep = await counted.start_sweep(T0)
+    assert await round_trips(proxy, counted.start_sweep(T0)) == 1
+    assert await round_trips(proxy, counted.finish_sweep(sweep, T0, "ok", 0, None)) == 1
 
 
 async def test_writes_that_decide_on_what_they_read_take_two(

@@ -39,7 +39,8 @@ def test_sixteen_processes_migrating_at_once_apply_each_step_once(pg_url: str) -
         for process in processes:
             process.join(timeout=30)
     assert [o for o in outcomes if not isinstance(o, int)] == []  # no errors
-    assert sorted(outcomes) == [0] * (RACERS - 1) + [schema.LATEST_VERSION + EXTRA_STEPS]
+    # Applied counts, not versions: the numbers may have gaps (assigned ahead to branches).
+    assert sorted(outcomes) == [0] * (RACERS - 1) + [len(schema.MIGRATIONS) + EXTRA_STEPS]
 
 
 async def test_concurrent_first_calls_in_one_process_check_the_schema_once(pg_url: str) -> None:
@@ -101,5 +102,6 @@ async def test_the_sdk_sqlalchemy_tables_can_share_the_database(pg_url: str) -> 
         ("agent_sessions_item",),
         ("agent_sessions_schema",),
         ("agent_sessions_session",),
+        ("agent_sessions_sweep",),
         ("agent_sessions_turn_lock",),
     ]

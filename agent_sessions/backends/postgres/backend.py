@@ -8,7 +8,7 @@ import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 
@@ -17,10 +17,12 @@ from ...codec import DecodedRows, decode_item, decode_rows
 from ...conversations import decode_metadata
 from ...errors import InvalidArgumentError, InvalidIdentifierError
 from ...ids import positive_int
-from ...models import SessionStats
+from ...models import SessionStats, SweepRecord
 from ...pruning import Item, cut_index, late_call_index
 from ..base import (
+    SWEEP_HISTORY,
     UNCHANGED,
+    HealthFacts,
     ListPosition,
     Owner,
     SessionDump,
@@ -680,6 +682,73 @@ class PostgresBackend:
 
     async def finish_cleanup(self) -> None:
         """Nothing to do: PostgreSQL's autovacuum reclaims the space."""
+
+    # --- health ---
+
+    async def health(self, active_since: float) -> HealthFacts:
+        """See ``Backend.health``; the size is our tables', indexes included, not the database's."""
+        async with self._transaction(snapshot=True) as conn:
+            totals = await conn.execute(sql.TOTALS, {"since": _db_time(active_since)})
+            oldest = await conn.execute(sql.SELECT_OLDEST_ACTIVITY)
+            size = await conn.execute(sql.SELECT_OUR_BYTES, {"tables": list(sql.OUR_TABLES)})
+            sweep = await conn.execute(sql.SELECT_LAST_SWEEP)
+        sessions, items, active = await _one(totals)
+        (oldest_activity,) = await _one(oldest)
+        (database_bytes,) = await _one(size)
+        sweep_row = await sweep.fetchone()
+        return HealthFacts(
+            totals=Totals(sessions=int(sessions), items=int(items), active_sessions=int(active)),
+            oldest_activity=None if oldest_activity is None else _utc(oldest_activity).timestamp(),
+            database_bytes=int(database_bytes),
+            last_sweep=None if sweep_row is None else _sweep(sweep_row),
+        )
+
+    async def start_sweep(self, started: float) -> int:
+        """See ``Backend.start_sweep``."""
+        async with self._transaction() as conn:
+            inserted = await conn.execute(sql.INSERT_SWEEP, {"started": _db_time(started)})
+            await conn.execute(sql.TRIM_SWEEPS, {"keep": SWEEP_HISTORY})
+        (sweep_id,) = await _one(inserted)
+        return int(sweep_id)
+
+    async def finish_sweep(
+        self,
+        sweep_id: int,
+        finished: float,
+        outcome: Literal["ok", "failed"],
+        sessions_deleted: int,
+        error: str | None,
+    ) -> None:
+        """See ``Backend.finish_sweep``."""
+        async with self._transaction() as conn:
+            await conn.execute(
+                sql.FINISH_SWEEP,
+                {
+                    "id": sweep_id,
+                    "finished": _db_time(finished),
+                    "outcome": outcome,
+                    "deleted": sessions_deleted,
+                    "error": error,
+                },
+            )
+
+
+async def _one(cursor: psycopg.AsyncCursor[Any]) -> Sequence[Any]:
+    """The single row a statement returns."""
+    row: Sequence[Any] | None = await cursor.fetchone()
+    assert row is not None  # an aggregate, or INSERT ... RETURNING: always one row
+    return row
+
+
+def _sweep(row: Sequence[Any]) -> SweepRecord:
+    started, finished, outcome, deleted, error = row
+    return SweepRecord(
+        started_at=_utc(started),
+        finished_at=None if finished is None else _utc(finished),
+        outcome=outcome,
+        sessions_deleted=int(deleted),
+        error=error,
+    )
 
 
 @dataclass(frozen=True)

@@ -81,10 +81,24 @@ _ADD_TITLES_AND_METADATA = (
     f"ALTER TABLE {sql.SESSIONS} ADD COLUMN title text, ADD COLUMN metadata text",
 )
 
+_CREATE_SWEEPS = (
+    # The latest cleanup sweeps, so health() in any process sees the last one. A row is
+    # written as 'running' when a sweep starts: one whose process died stays that way.
+    f"""CREATE TABLE {sql.SWEEPS} (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        started_at timestamptz NOT NULL,
+        finished_at timestamptz,
+        outcome text NOT NULL CHECK (outcome IN ('running', 'ok', 'failed')),
+        sessions_deleted bigint NOT NULL DEFAULT 0,
+        error text
+    )""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create the session and item tables", _CREATE_TABLES),
     Migration(2, "add per-session turn locks with leases", _CREATE_TURN_LOCKS),
     Migration(3, "add conversation titles and metadata", _ADD_TITLES_AND_METADATA),
+    Migration(5, "record the latest cleanup sweeps", _CREATE_SWEEPS),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

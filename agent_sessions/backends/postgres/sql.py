@@ -15,7 +15,10 @@ SESSIONS = "agent_sessions_session"
 ITEMS = "agent_sessions_item"
 SCHEMA = "agent_sessions_schema"
 TURN_LOCKS = "agent_sessions_turn_lock"
+SWEEPS = "agent_sessions_sweep"
 FULL_PRUNE_FUNCTION = "agent_sessions_full_prune_needed"
+OUR_TABLES = (SESSIONS, ITEMS, SCHEMA, TURN_LOCKS, SWEEPS)
+"""Every table of ours: the database's size in health() is theirs (add new tables here)."""
 
 # --- transactions ---------------------------------------------------------------------------
 
@@ -279,3 +282,27 @@ DELETE_IDLE_ITEMS = f"""
 DELETE_IDLE_SESSIONS = f"""
     DELETE FROM {SESSIONS}
     WHERE session_id = ANY(%(ids)s::text[]) AND last_activity < %(cutoff)s"""
+
+# --- health and sweep records ---------------------------------------------------------------
+
+SELECT_OLDEST_ACTIVITY = f"SELECT min(last_activity) AT TIME ZONE 'UTC' FROM {SESSIONS}"
+# Only our tables (with their indexes and TOAST): the database may be the app's too. A table
+# not created yet (to_regclass NULL) counts nothing.
+SELECT_OUR_BYTES = """
+    SELECT coalesce(sum(pg_total_relation_size(to_regclass(name))), 0)
+    FROM unnest(%(tables)s::text[]) AS name"""
+SELECT_LAST_SWEEP = f"""
+    SELECT started_at AT TIME ZONE 'UTC', finished_at AT TIME ZONE 'UTC', outcome,
+        sessions_deleted, error
+    FROM {SWEEPS} ORDER BY id DESC LIMIT 1"""
+INSERT_SWEEP = f"""
+    INSERT INTO {SWEEPS} (started_at, outcome, sessions_deleted)
+    VALUES (%(started)s, 'running', 0) RETURNING id"""
+TRIM_SWEEPS = f"""
+    DELETE FROM {SWEEPS} WHERE id <= (
+        SELECT id FROM {SWEEPS} ORDER BY id DESC OFFSET %(keep)s LIMIT 1
+    )"""
+FINISH_SWEEP = f"""
+    UPDATE {SWEEPS} SET finished_at = %(finished)s, outcome = %(outcome)s,
+        sessions_deleted = %(deleted)s, error = %(error)s
+    WHERE id = %(id)s"""

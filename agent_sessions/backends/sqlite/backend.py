@@ -9,7 +9,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from ...codec import DecodedRows
 from ...errors import (
@@ -24,6 +24,7 @@ from ...pruning import Item
 from .. import is_url, redact_url
 from ..base import (
     UNCHANGED,
+    HealthFacts,
     ListPosition,
     Owner,
     SessionDump,
@@ -388,6 +389,50 @@ class SQLiteBackend:
     async def finish_cleanup(self) -> None:
         """Checkpoint the WAL passively: it never blocks readers or writers."""
         await self._run(lambda conn: conn.execute(CHECKPOINT_PASSIVE).close())
+
+    # --- health ---
+
+    async def health(self, active_since: float) -> HealthFacts:
+        """See ``Backend.health``; the size is the file's with its ``-wal`` and ``-shm``."""
+
+        def read(conn: sqlite3.Connection) -> HealthFacts:
+            return HealthFacts(
+                totals=sql.totals(conn, active_since),
+                oldest_activity=sql.oldest_activity(conn),
+                database_bytes=self._file_bytes(),
+                last_sweep=sql.last_sweep(conn),
+            )
+
+        return await self._run(read)
+
+    def _file_bytes(self) -> int | None:
+        if self.path == ":memory:":
+            return None
+        total = 0
+        for name in (self.path, f"{self.path}-wal", f"{self.path}-shm"):
+            with contextlib.suppress(FileNotFoundError):  # no WAL yet, or checkpointed away
+                total += os.stat(name).st_size
+        return total
+
+    async def start_sweep(self, started: float) -> int:
+        """See ``Backend.start_sweep``."""
+        return await self._run(lambda conn: sql.start_sweep(conn, started), write=True)
+
+    async def finish_sweep(
+        self,
+        sweep_id: int,
+        finished: float,
+        outcome: Literal["ok", "failed"],
+        sessions_deleted: int,
+        error: str | None,
+    ) -> None:
+        """See ``Backend.finish_sweep``."""
+        await self._run(
+            lambda conn: sql.finish_sweep(
+                conn, sweep_id, finished, outcome, sessions_deleted, error
+            ),
+            write=True,
+        )
 
     def __repr__(self) -> str:
         return f"SQLiteBackend({self.path!r})"

@@ -33,6 +33,7 @@ SESSIONS_TABLE = "agent_sessions"
 MESSAGES_TABLE = "agent_messages"
 SCHEMA_TABLE = "agent_sessions_schema"
 TURN_LOCKS_TABLE = "agent_sessions_turn_locks"
+SWEEPS_TABLE = "agent_sessions_sweeps"
 
 # The SDK's naive-UTC CURRENT_TIMESTAMP text (whole seconds) as POSIX seconds. strftime('%s')
 # is exact where julianday() arithmetic is off by microseconds, and unlike unixepoch() it
@@ -300,6 +301,21 @@ def _add_titles_and_metadata(conn: sqlite3.Connection) -> None:
     conn.execute(f"DROP INDEX IF EXISTS idx_{SESSIONS_TABLE}_user")
 
 
+def _add_sweeps(conn: sqlite3.Connection) -> None:
+    # The latest cleanup sweeps, so health() in any process sees the last one. A row is
+    # written as 'running' when a sweep starts: one whose process died stays that way.
+    conn.execute(
+        f"""CREATE TABLE IF NOT EXISTS {SWEEPS_TABLE} (
+            id INTEGER PRIMARY KEY,
+            started_ts REAL NOT NULL,
+            finished_ts REAL,
+            outcome TEXT NOT NULL CHECK (outcome IN ('running', 'ok', 'failed')),
+            sessions_deleted INTEGER NOT NULL DEFAULT 0,
+            error TEXT
+        )"""
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "adopt the SDK tables; add owner and activity columns", _adopt_sdk_tables),
     Migration(2, "remember calls answered after a later user message", _add_late_call_row),
@@ -308,6 +324,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(4, "add per-session turn locks with leases", _add_turn_locks),
     Migration(5, "add conversation titles and metadata", _add_titles_and_metadata),
+    Migration(7, "record the latest cleanup sweeps", _add_sweeps),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -15,7 +15,7 @@ from typing import Any
 from ...clock import from_timestamp
 from ...codec import DecodedRows, decode_item, decode_rows
 from ...conversations import decode_metadata
-from ...models import SessionStats
+from ...models import SessionStats, SweepRecord
 from ...pruning import (
     Item,
     answers_late,
@@ -25,8 +25,16 @@ from ...pruning import (
     outputs_needing_stored_calls,
     pairing,
 )
-from ..base import UNCHANGED, ListPosition, SessionDump, SessionFields, SessionKey, Totals
-from .schema import MESSAGES_TABLE, SESSIONS_TABLE, TURN_LOCKS_TABLE
+from ..base import (
+    SWEEP_HISTORY,
+    UNCHANGED,
+    ListPosition,
+    SessionDump,
+    SessionFields,
+    SessionKey,
+    Totals,
+)
+from .schema import MESSAGES_TABLE, SESSIONS_TABLE, SWEEPS_TABLE, TURN_LOCKS_TABLE
 
 logger = logging.getLogger("agent_sessions")
 
@@ -615,3 +623,64 @@ def delete_idle_batch(conn: sqlite3.Connection, cutoff: float, batch_size: int) 
     conn.execute(f"DELETE FROM {TURN_LOCKS_TABLE} WHERE session_id IN ({marks})", ids)
     deleted = conn.execute(f"DELETE FROM {SESSIONS_TABLE} WHERE session_id IN ({marks})", ids)
     return int(deleted.rowcount)
+
+
+# --- health and sweep records ---------------------------------------------------------------
+
+SELECT_OLDEST_ACTIVITY = f"SELECT MIN(last_activity_ts) FROM {SESSIONS_TABLE}"  # the index's first
+SELECT_LAST_SWEEP = (
+    f"SELECT started_ts, finished_ts, outcome, sessions_deleted, error FROM {SWEEPS_TABLE} "
+    "ORDER BY id DESC LIMIT 1"
+)
+INSERT_SWEEP = (
+    f"INSERT INTO {SWEEPS_TABLE} (started_ts, outcome, sessions_deleted) VALUES (?, 'running', 0)"
+)
+TRIM_SWEEPS = f"""
+    DELETE FROM {SWEEPS_TABLE} WHERE id <= (
+        SELECT id FROM {SWEEPS_TABLE} ORDER BY id DESC LIMIT 1 OFFSET ?
+    )"""
+FINISH_SWEEP = (
+    f"UPDATE {SWEEPS_TABLE} SET finished_ts = ?, outcome = ?, sessions_deleted = ?, error = ? "
+    "WHERE id = ?"
+)
+
+
+def oldest_activity(conn: sqlite3.Connection) -> float | None:
+    """The least recent last activity of any session, or ``None`` without sessions."""
+    value = conn.execute(SELECT_OLDEST_ACTIVITY).fetchone()[0]
+    return None if value is None else float(value)
+
+
+def last_sweep(conn: sqlite3.Connection) -> SweepRecord | None:
+    """The most recently started sweep's record, or ``None`` if none was recorded."""
+    row = conn.execute(SELECT_LAST_SWEEP).fetchone()
+    if row is None:
+        return None
+    started, finished, outcome, deleted, error = row
+    return SweepRecord(
+        started_at=from_timestamp(started),
+        finished_at=None if finished is None else from_timestamp(finished),
+        outcome=outcome,
+        sessions_deleted=int(deleted),
+        error=error,
+    )
+
+
+def start_sweep(conn: sqlite3.Connection, started: float) -> int:
+    """Record a running sweep and trim the history; inside a write transaction."""
+    sweep_id = conn.execute(INSERT_SWEEP, (started,)).lastrowid
+    conn.execute(TRIM_SWEEPS, (SWEEP_HISTORY,))
+    assert sweep_id is not None  # an INSERT sets it
+    return sweep_id
+
+
+def finish_sweep(
+    conn: sqlite3.Connection,
+    sweep_id: int,
+    finished: float,
+    outcome: str,
+    sessions_deleted: int,
+    error: str | None,
+) -> None:
+    """Record how a sweep ended; inside a write transaction."""
+    conn.execute(FINISH_SWEEP, (finished, outcome, sessions_deleted, error, sweep_id))
