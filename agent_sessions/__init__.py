@@ -15,6 +15,7 @@ from .errors import (
     InvalidIdentifierError,
     InvalidItemError,
     SchedulerError,
+    SearchUnavailableError,
     SessionClosedError,
     SessionNotFoundError,
     StorageBusyError,
@@ -25,7 +26,7 @@ from .errors import (
 )
 from .ids import get_session_id
 from .manager import SessionManager
-from .models import SessionStats
+from .models import SearchHit, SessionStats
 from .settings import AgentSessionSettings, get_settings
 
 if TYPE_CHECKING:
@@ -47,6 +48,8 @@ __all__ = [
     "InvalidItemError",
     "PostgresSession",
     "SchedulerError",
+    "SearchHit",
+    "SearchUnavailableError",
     "SessionClosedError",
     "SessionManager",
     "SessionNotFoundError",

@@ -22,3 +22,20 @@ class SessionStats(BaseModel):
     """Stored rows that could not be decoded (skipped on read)."""
     created_at: datetime
     last_activity: datetime
+
+
+class SearchHit(BaseModel):
+    """One conversation found by ``SessionManager.search_sessions``: its best-matching message."""
+
+    model_config = ConfigDict(frozen=True)
+
+    session_id: str
+    conversation_id: str | None
+    title: str | None
+    """The session's title, where one is stored."""
+    snippet: str
+    """A short excerpt of the best-matching message, around the words found."""
+    rank: float
+    """Relevance of that message, higher is better (SQLite: ``-bm25``; PostgreSQL:
+    ``ts_rank``). Compare ranks within one result list only, not across backends."""
+    last_activity: datetime
