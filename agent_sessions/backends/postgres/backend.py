@@ -15,8 +15,9 @@ from ...clock import from_timestamp
 from ...codec import DecodedRows, decode_item, decode_rows
 from ...errors import InvalidArgumentError, InvalidIdentifierError
 from ...ids import positive_int
-from ...models import SessionStats
+from ...models import SearchHit, SessionStats
 from ...pruning import Item, cut_index, late_call_index
+from ...search import folded_words
 from ..base import Owner, SessionDump, SessionKey, Totals
 from . import schema, sql
 from .batch import Batch
@@ -102,6 +103,7 @@ class PostgresBackend:
         pool_max_size: int = 10,
         connect_timeout: float = 10.0,
         statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
+        search_index: bool = True,
     ) -> None:
         """Configure the backend; nothing is opened yet.
 
@@ -116,6 +118,7 @@ class PostgresBackend:
                 seconds), and for a free one from the pool.
             statement_timeout: Seconds each statement may run, lock waits included; ``0``
                 for no limit. Past it the operation raises ``StorageBusyError``.
+            search_index: Index message text for ``search_sessions`` as items are written.
 
         Raises:
             InvalidArgumentError: if a size or timeout is out of range, or ``url`` is empty.
@@ -129,6 +132,7 @@ class PostgresBackend:
         self._max_size = positive_int(pool_max_size, "pool_max_size", minimum=max(1, pool_min_size))
         self._connect_timeout = _seconds(connect_timeout, "connect_timeout")
         self._statement_timeout = _seconds(statement_timeout, "statement_timeout", zero=True)
+        self._search_index = search_index
 
     @property
     def location(self) -> str:
@@ -273,7 +277,7 @@ class PostgresBackend:
             The number of items pruned.
         """
         sid = _check_text(key.session_id, "session_id")
-        batch = Batch.of(items, payloads)
+        batch = Batch.of(items, payloads, index=self._search_index)
         try:
             found, pruned = await self._append(key, batch, _db_time(now), max_items, strict=True)
         except FullPruneNeeded:
@@ -324,6 +328,8 @@ class PostgresBackend:
                     "is_user": batch.is_user,
                     "call_key": batch.call_keys,
                     "needs": batch.needs,
+                    "search_text": batch.search_text,
+                    "search_words": batch.search_words,
                 },
             )
             state = await conn.execute(
@@ -446,7 +452,11 @@ class PostgresBackend:
     async def load_session(self, dump: SessionDump) -> None:
         """See ``Backend.load_session``."""
         sid = _check_text(dump.session_id, "session_id")
-        batch = Batch.of([decode_item(text) or {} for text in dump.payloads], dump.payloads)
+        batch = Batch.of(
+            [decode_item(text) or {} for text in dump.payloads],
+            dump.payloads,
+            index=self._search_index and dump.user_id is not None,
+        )
         async with self._transaction() as conn:
             await conn.execute(sql.LOCK_SESSION, {"sid": sid})
             await conn.execute(sql.DELETE_SESSION_ITEMS, {"sid": sid})
@@ -469,6 +479,8 @@ class PostgresBackend:
                     "data": list(dump.payloads),
                     "is_user": batch.is_user,
                     "call_key": batch.call_keys,
+                    "search_text": batch.search_text,
+                    "search_words": batch.search_words,
                 },
             )
 
@@ -499,6 +511,36 @@ class PostgresBackend:
             sql.LIST_IDLE_SESSIONS, {"cutoff": _db_time(cutoff), "limit": limit}
         )
         return [_stats(row) for row in rows]
+
+    async def search_sessions(
+        self, user_id: str, terms: Sequence[str], limit: int, active_since: float | None
+    ) -> list[SearchHit]:
+        """See ``Backend.search_sessions``; words are folded as the index is (``search.fold``)."""
+        folded = [word for term in terms for word in folded_words(term)]
+        if not folded:
+            return []
+        rows = await self._fetchall(
+            sql.SEARCH_SESSIONS,
+            {
+                "query": sql.tsquery(folded),
+                "user": _check_text(user_id, "user_id"),
+                "since": None if active_since is None else _db_time(active_since),
+                "limit": limit,
+                "headline": sql.HEADLINE_OPTIONS,
+            },
+        )
+        # TODO(titles): read the session row's title column once migration 3 adds it.
+        return [
+            SearchHit(
+                session_id=session_id,
+                conversation_id=conversation_id,
+                title=None,
+                snippet=snippet or "",
+                rank=float(rank),
+                last_activity=_utc(last_activity),
+            )
+            for session_id, conversation_id, snippet, rank, last_activity in rows
+        ]
 
     async def session_ids(self) -> list[str]:
         """Every session id, sorted (by code point)."""
