@@ -282,6 +282,7 @@ class AgentSession(BoundedSessionMixin, SQLiteSession):
         settings: AgentSessionSettings | None = None,
         session_settings: SessionSettings | dict[str, Any] | None = None,
         clock: Clock | None = None,
+        search_index: bool | None = None,
     ) -> None:
         """Open (creating if needed) the session's database.
 
@@ -294,6 +295,8 @@ class AgentSession(BoundedSessionMixin, SQLiteSession):
             settings: Settings to use instead of ``get_settings()``.
             session_settings: The SDK's ``SessionSettings`` (e.g. a read ``limit``).
             clock: Returns the current aware datetime; activity times are taken from it.
+            search_index: Index message text for ``SessionManager.search_sessions``;
+                defaults to the settings'.
 
         Raises:
             InvalidIdentifierError: if an id is unusable, or its session id is held in an
@@ -311,7 +314,10 @@ class AgentSession(BoundedSessionMixin, SQLiteSession):
         self.max_messages = positive_int(
             resolve_setting(max_messages, "max_messages", settings), "max_messages"
         )
-        backend = SQLiteBackend(resolve_setting(db_path, "db_path", settings))
+        backend = SQLiteBackend(
+            resolve_setting(db_path, "db_path", settings),
+            search_index=resolve_setting(search_index, "search_index", settings),
+        )
         # SQLiteSession.__init__ is deliberately not called: it opens a connection and checks
         # the schema for every object (about 2 ms). The attributes it documents are set here
         # and every method it implements is overridden, on a shared connection instead.
@@ -394,6 +400,7 @@ class PostgresSession(BoundedSessionMixin, SessionABC):
         settings: AgentSessionSettings | None = None,
         session_settings: SessionSettings | dict[str, Any] | None = None,
         clock: Clock | None = None,
+        search_index: bool | None = None,
     ) -> None:
         """Make the session; the database is reached on first use.
 
@@ -405,6 +412,8 @@ class PostgresSession(BoundedSessionMixin, SessionABC):
             settings: Settings to use instead of ``get_settings()``.
             session_settings: The SDK's ``SessionSettings`` (e.g. a read ``limit``).
             clock: Returns the current aware datetime; activity times are taken from it.
+            search_index: Index message text for ``SessionManager.search_sessions``;
+                defaults to the settings'.
 
         Raises:
             InvalidIdentifierError: if an id is unusable.
@@ -431,7 +440,11 @@ class PostgresSession(BoundedSessionMixin, SessionABC):
             if session_settings is not None
             else SessionSettings()
         )
-        self._backend = open_backend(url, pool=pool_options(settings))
+        self._backend = open_backend(
+            url,
+            pool=pool_options(settings),
+            search_index=resolve_setting(search_index, "search_index", settings),
+        )
         self.database_url = self._backend.location
         self._key = SessionKey(self.session_id, user, conversation)
         self._clock = clock or utc_now
@@ -462,6 +475,7 @@ def get_agent_session(
     settings: AgentSessionSettings | None = None,
     session_settings: SessionSettings | dict[str, Any] | None = None,
     clock: Clock | None = None,
+    search_index: bool | None = None,
 ) -> AgentSession | PostgresSession:
     """Return the session for a (user, conversation) pair, configured from settings.
 
@@ -485,6 +499,7 @@ def get_agent_session(
             settings=settings,
             session_settings=session_settings,
             clock=clock,
+            search_index=search_index,
         )
     return AgentSession(
         user_id,
@@ -494,6 +509,7 @@ def get_agent_session(
         settings=settings,
         session_settings=session_settings,
         clock=clock,
+        search_index=search_index,
     )
 
 
