@@ -464,18 +464,25 @@ def list_idle_sessions(
 
 # --- search ------------------------------------------------------------------------------
 
-# The best entry of each of the user's sessions: FTS5 matches only the owner's entries, ranks
-# them with bm25 over the body alone (its rank column: bm25() itself cannot be aggregated;
-# lower is better, so negated), and SQLite takes a bare column (rowid) from the row max()
-# picks. The session row is checked for the owner too: the
-# owner token only narrows the match.
+SEARCH_CANDIDATES = 2000
+"""Matching messages ranked per search: the user's newest. A word in more of their messages
+(one they use all the time) is ranked among these only, so a search's cost stays bounded."""
+
+# The best entry of each of the user's sessions among the newest SEARCH_CANDIDATES matches:
+# FTS5 matches only the owner's entries (newest first, by rowid, without ranking them all),
+# ranks those with bm25 over the body alone (its rank column, which unlike bm25() can be
+# aggregated; lower is better, so negated), and SQLite takes a bare column (rowid) from the
+# row max() picks. The session row is checked for the owner too: the token only narrows.
 SEARCH_SESSIONS = f"""
-    SELECT m.session_id, m.row_id, m.rank, s.conversation_id, s.last_activity_ts
-    FROM (
-        SELECT session_id, rowid AS row_id, max(-rank) AS rank
+    WITH candidates AS MATERIALIZED (
+        SELECT session_id, rowid AS row_id, -rank AS score
         FROM {SEARCH_TABLE} WHERE {SEARCH_TABLE} MATCH ? AND rank MATCH 'bm25(1.0, 0.0)'
-        GROUP BY session_id
-    ) AS m
+        ORDER BY rowid DESC LIMIT {SEARCH_CANDIDATES}
+    ), best AS (
+        SELECT session_id, row_id, max(score) AS rank FROM candidates GROUP BY session_id
+    )
+    SELECT m.session_id, m.row_id, m.rank, s.conversation_id, s.last_activity_ts
+    FROM best AS m
     JOIN {SESSIONS_TABLE} AS s ON s.session_id = m.session_id
     WHERE s.user_id = ? AND (? IS NULL OR s.last_activity_ts >= ?)
     ORDER BY m.rank DESC, s.last_activity_ts DESC, m.session_id
