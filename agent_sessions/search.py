@@ -75,6 +75,35 @@ def folded_words(text: str) -> list[str]:
     return _WORD.findall(fold(text))
 
 
+SNIPPET_WORDS = 16
+"""Words in a snippet: a short line of context around the first word found."""
+
+
+def snippet(text: str, terms: list[str], *, size: int = SNIPPET_WORDS) -> str:
+    """An excerpt of ``text``: ``size`` words from shortly before the first word of ``terms``.
+
+    Words compare folded (``fold``); the last term also matches as a prefix from
+    ``MIN_PREFIX_CHARS`` letters, as in a search. "…" marks text left out at either end.
+    """
+    wanted = {fold(term) for term in terms}
+    last = fold(terms[-1]) if terms and len(terms[-1]) >= MIN_PREFIX_CHARS else None
+    spans = [match.span() for match in _WORD.finditer(text)]
+    first = 0
+    for index, (start, end) in enumerate(spans):
+        word = fold(text[start:end])
+        if word in wanted or (last is not None and word.startswith(last)):
+            first = index
+            break
+    begin = max(0, min(first - size // 4, len(spans) - size))
+    chosen = spans[begin : begin + size]
+    if not chosen:
+        return text[:200]
+    excerpt = text[chosen[0][0] : chosen[-1][1]]
+    prefix = "…" if begin > 0 else ""
+    suffix = "…" if begin + size < len(spans) else ""
+    return f"{prefix}{excerpt}{suffix}"
+
+
 def owner_token(user_id: str) -> str:
     """One index token naming a user (a digest: user ids may hold any characters).
 
