@@ -15,6 +15,7 @@ from .errors import (
     InvalidIdentifierError,
     InvalidItemError,
     SchedulerError,
+    SearchUnavailableError,
     SessionClosedError,
     SessionNotFoundError,
     StorageBusyError,
@@ -25,7 +26,14 @@ from .errors import (
 )
 from .ids import get_session_id
 from .manager import SessionManager
-from .models import ConversationExport, HealthReport, SessionPage, SessionStats, SweepRecord
+from .models import (
+    ConversationExport,
+    HealthReport,
+    SearchHit,
+    SessionPage,
+    SessionStats,
+    SweepRecord,
+)
 from .settings import AgentSessionSettings, get_settings
 
 if TYPE_CHECKING:
@@ -49,6 +57,8 @@ __all__ = [
     "InvalidItemError",
     "PostgresSession",
     "SchedulerError",
+    "SearchHit",
+    "SearchUnavailableError",
     "SessionClosedError",
     "SessionManager",
     "SessionNotFoundError",

@@ -36,7 +36,7 @@ from .exporting import (
 )
 from .ids import MAX_COUNT
 from .manager import SessionManager
-from .models import SessionStats, SweepRecord
+from .models import SearchHit, SessionStats, SweepRecord
 from .settings import MAX_RETENTION_DAYS, AgentSessionSettings, load_settings, pool_options
 
 EXIT_OK = 0
@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("show", help="one session's details and items")
     show.add_argument("session_id", metavar="SESSION_ID")
     show.add_argument("--json", action="store_true", help="print JSON")
+
+    search = commands.add_parser("search", help="a user's conversations holding some words")
+    search.add_argument("--user", metavar="ID", required=True, help="whose conversations")
+    search.add_argument("query", metavar="QUERY", help="the words to find (all of them)")
+    search.add_argument("--limit", type=_positive, default=20, help="at most this many (20)")
+    search.add_argument("--json", action="store_true", help="print JSON")
 
     export = commands.add_parser(
         "export", help="one session, or all of a user's, as JSON or Markdown"
@@ -364,6 +370,36 @@ async def _list(manager: SessionManager, args: argparse.Namespace, out: TextIO) 
     return EXIT_OK
 
 
+def _hit_json(hit: SearchHit) -> dict[str, Any]:
+    return {
+        key: _timestamp(value) if isinstance(value, datetime) else value
+        for key, value in hit.model_dump().items()
+    }
+
+
+async def _search(manager: SessionManager, args: argparse.Namespace, out: TextIO) -> int:
+    hits = await manager.search_sessions(args.user, args.query, limit=args.limit)
+    if args.json:
+        out.write(json.dumps([_hit_json(hit) for hit in hits], indent=2) + "\n")
+    elif hits:
+        _table(
+            [
+                (
+                    hit.session_id,
+                    " ".join((hit.title or "-").split())[:40],  # cells: one line, bounded
+                    _timestamp(hit.last_activity),
+                    " ".join(hit.snippet.split())[:80],
+                )
+                for hit in hits
+            ],
+            ("SESSION", "TITLE", "LAST ACTIVITY", "SNIPPET"),
+            out,
+        )
+    else:
+        out.write("no matching sessions\n")
+    return EXIT_OK
+
+
 async def _show(manager: SessionManager, args: argparse.Namespace, out: TextIO) -> int:
     stats = await manager.get_session_stats(args.session_id)
     items = await manager.get_items(args.session_id)
@@ -500,6 +536,7 @@ async def _cleanup(manager: SessionManager, args: argparse.Namespace, out: TextI
 _COMMANDS: dict[str, Callable[[SessionManager, argparse.Namespace, TextIO], Awaitable[int]]] = {
     "stats": _stats,
     "list": _list,
+    "search": _search,
     "show": _show,
     "export": _export,
     "delete-user": _delete_user,

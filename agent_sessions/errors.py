@@ -13,6 +13,7 @@ Every error the library raises on purpose derives from one base, so an app can c
     ├── SchedulerError            (also RuntimeError) the cleanup scheduler cannot start
     ├── EventLoopMismatchError    (also RuntimeError) a manager used by two running loops
     ├── TurnLockTimeoutError      (also TimeoutError) another run held the session's turn lock
+    ├── SearchUnavailableError    (also RuntimeError) search is off (search_index=False)
     └── StorageError                                 the database failed
         ├── StorageUnavailableError                  the file cannot be opened or written
         ├── StorageBusyError                         the database stayed locked too long
@@ -86,6 +87,14 @@ class TurnLockTimeoutError(AgentSessionsError, TimeoutError):
         self.session_id = session_id
         self.timeout = timeout
         self.path = path
+
+
+class SearchUnavailableError(AgentSessionsError, RuntimeError):
+    """``search_sessions`` was called while the search index is off (``search_index=False``).
+
+    Nothing is indexed while it is off, so a search could not find what was written then.
+    Enable it (``AGENT_SESSION_SEARCH_INDEX=true``) to index messages written from then on.
+    """
 
 
 class StorageError(AgentSessionsError):

@@ -32,11 +32,20 @@ from .errors import (
     EventLoopMismatchError,
     InvalidArgumentError,
     InvalidIdentifierError,
+    SearchUnavailableError,
     SessionClosedError,
     SessionNotFoundError,
 )
 from .ids import normalize_identifier, positive_int
-from .models import ConversationExport, HealthReport, SessionPage, SessionStats, Threshold
+from .models import (
+    ConversationExport,
+    HealthReport,
+    SearchHit,
+    SessionPage,
+    SessionStats,
+    Threshold,
+)
+from .search import MAX_WORD_CHARS, query_words
 from .settings import (
     MAX_RETENTION_DAYS,
     AgentSessionSettings,
@@ -180,8 +189,13 @@ class SessionManager:
         self.warn_active_sessions = (
             None if active is None else positive_int(active, "warn_active_sessions")
         )
+        self.search_index: bool = resolve_setting(None, "search_index", settings)
         self._backend: Backend = open_backend(
-            target, create=create, offload=True, pool=pool_options(settings)
+            target,
+            create=create,
+            offload=True,
+            pool=pool_options(settings),
+            search_index=self.search_index,
         )
         self.db_path = self._backend.location
         # Kept for the scheduler, which takes the schedule (hour, minute, zone) from them.
@@ -476,6 +490,50 @@ class SessionManager:
         return ConversationExport(
             session=stats.model_copy(update=counts), items=[dict(item) for item in decoded.items]
         )
+
+    async def search_sessions(
+        self, user_id: str | uuid.UUID, query: str, *, limit: int = 20
+    ) -> list[SearchHit]:
+        """Find ``user_id``'s conversations with a message holding every word of ``query``.
+
+        ``query`` is plain text, never a query language: it is split into words (letters
+        and digits), case and accents are ignored, and each must occur in one user or
+        assistant message (tool calls and their outputs are not searched). The last word
+        also matches as a prefix (``"pari"`` finds "Paris"). Only the user's own sessions
+        that have not expired (active within ``retention``) are searched; messages
+        written while ``search_index`` was off are not found.
+
+        Args:
+            user_id: Whose conversations to search.
+            query: The words to find (at most 32 are used; a word longer than 100
+                characters matches nothing).
+            limit: At most this many sessions.
+
+        Returns:
+            One hit per session, for its best-matching message, best rank first.
+
+        Raises:
+            InvalidArgumentError: if ``query`` holds no words, or ``limit`` < 1.
+            InvalidIdentifierError: if ``user_id`` is unusable.
+            SearchUnavailableError: if the search index is off (``search_index=False``).
+        """
+        user = normalize_identifier(user_id, "user_id")
+        limit = positive_int(limit, "limit")
+        if not isinstance(query, str):
+            raise InvalidArgumentError(f"query must be a str, got {type(query).__name__}")
+        terms = query_words(query)
+        if not terms:
+            raise InvalidArgumentError(f"query has no words to search for: {query[:100]!r}")
+        if not self.search_index:
+            raise SearchUnavailableError(
+                "search is off for this database: messages are not indexed while "
+                "search_index is False; set AGENT_SESSION_SEARCH_INDEX=true (or "
+                "search_index=True in the settings) in the app that writes sessions"
+            )
+        if any(len(term) > MAX_WORD_CHARS for term in terms):
+            return []  # no indexed word is that long (PostgreSQL skips them)
+        cutoff = self._expiry_cutoff()
+        return await self._use(lambda: self._backend.search_sessions(user, terms, limit, cutoff))
 
     async def get_session_count(self) -> int:
         """Count all stored sessions."""

@@ -99,3 +99,20 @@ class HealthReport(BaseModel):
     """How many writes the percentiles are taken over (the most recent ones)."""
     thresholds_crossed: tuple[Threshold, ...]
     """The monitoring thresholds the counts are above (a warning is logged once for each)."""
+
+
+class SearchHit(BaseModel):
+    """One conversation found by ``SessionManager.search_sessions``: its best-matching message."""
+
+    model_config = ConfigDict(frozen=True)
+
+    session_id: str
+    conversation_id: str | None
+    title: str | None
+    """The session's title, where one is stored."""
+    snippet: str
+    """A short excerpt of the best-matching message, around the words found."""
+    rank: float
+    """Relevance of that message, higher is better (SQLite: ``-bm25``; PostgreSQL:
+    ``ts_rank``). Compare ranks within one result list only, not across backends."""
+    last_activity: datetime

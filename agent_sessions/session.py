@@ -354,6 +354,7 @@ class AgentSession(BoundedSessionMixin, SQLiteSession):
         settings: AgentSessionSettings | None = None,
         session_settings: SessionSettings | dict[str, Any] | None = None,
         clock: Clock | None = None,
+        search_index: bool | None = None,
     ) -> None:
         """Open (creating if needed) the session's database.
 
@@ -369,6 +370,8 @@ class AgentSession(BoundedSessionMixin, SQLiteSession):
             settings: Settings to use instead of ``get_settings()``.
             session_settings: The SDK's ``SessionSettings`` (e.g. a read ``limit``).
             clock: Returns the current aware datetime; activity times are taken from it.
+            search_index: Index message text for ``SessionManager.search_sessions``;
+                defaults to the settings'.
 
         Raises:
             InvalidIdentifierError: if an id is unusable, or its session id is held in an
@@ -389,7 +392,10 @@ class AgentSession(BoundedSessionMixin, SQLiteSession):
         self.retention = parse_duration(
             resolve_setting(retention, "retention_period", settings), "retention"
         )
-        backend = SQLiteBackend(resolve_setting(db_path, "db_path", settings))
+        backend = SQLiteBackend(
+            resolve_setting(db_path, "db_path", settings),
+            search_index=resolve_setting(search_index, "search_index", settings),
+        )
         # SQLiteSession.__init__ is deliberately not called: it opens a connection and checks
         # the schema for every object (about 2 ms). The attributes it documents are set here
         # and every method it implements is overridden, on a shared connection instead.
@@ -473,6 +479,7 @@ class PostgresSession(BoundedSessionMixin, SessionABC):
         settings: AgentSessionSettings | None = None,
         session_settings: SessionSettings | dict[str, Any] | None = None,
         clock: Clock | None = None,
+        search_index: bool | None = None,
     ) -> None:
         """Make the session; the database is reached on first use.
 
@@ -487,6 +494,8 @@ class PostgresSession(BoundedSessionMixin, SessionABC):
             settings: Settings to use instead of ``get_settings()``.
             session_settings: The SDK's ``SessionSettings`` (e.g. a read ``limit``).
             clock: Returns the current aware datetime; activity times are taken from it.
+            search_index: Index message text for ``SessionManager.search_sessions``;
+                defaults to the settings'.
 
         Raises:
             InvalidIdentifierError: if an id is unusable.
@@ -516,7 +525,11 @@ class PostgresSession(BoundedSessionMixin, SessionABC):
             if session_settings is not None
             else SessionSettings()
         )
-        self._backend = open_backend(url, pool=pool_options(settings))
+        self._backend = open_backend(
+            url,
+            pool=pool_options(settings),
+            search_index=resolve_setting(search_index, "search_index", settings),
+        )
         self.database_url = self._backend.location
         self._key = SessionKey(self.session_id, user, conversation)
         self._clock = clock or utc_now
@@ -548,6 +561,7 @@ def get_agent_session(
     settings: AgentSessionSettings | None = None,
     session_settings: SessionSettings | dict[str, Any] | None = None,
     clock: Clock | None = None,
+    search_index: bool | None = None,
 ) -> AgentSession | PostgresSession:
     """Return the session for a (user, conversation) pair, configured from settings.
 
@@ -572,6 +586,7 @@ def get_agent_session(
             settings=settings,
             session_settings=session_settings,
             clock=clock,
+            search_index=search_index,
         )
     return AgentSession(
         user_id,
@@ -582,6 +597,7 @@ def get_agent_session(
         settings=settings,
         session_settings=session_settings,
         clock=clock,
+        search_index=search_index,
     )
 
 

@@ -31,7 +31,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
 
 
 def workloads() -> dict[str, Callable[[Any], Any]]:
-    from . import cleanup, memory, multiprocess, reads, turns
+    from . import cleanup, memory, multiprocess, reads, search, turns
 
     return {
         "turn_1task": turns.turn_1task,
@@ -42,6 +42,8 @@ def workloads() -> dict[str, Callable[[Any], Any]]:
         "cleanup": cleanup.cleanup,
         "multiprocess": multiprocess.multiprocess,
         "memory": memory.memory,
+        "search": search.search,
+        "turn_search_index": search.turn_search_index,
     }
 
 

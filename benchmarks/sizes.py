@@ -13,6 +13,8 @@ FULL: dict[str, dict[str, Any]] = {
     "cleanup": {"idle": 100_000, "active": 1000, "items": 50},
     "multiprocess": {"processes": 4, "duration_s": 10.0, "max_rounds": 3},
     "memory": {"opens": 100_000, "turns": 10_000},
+    "search": {"conversations": 1000, "items": 200, "ops": 500, "warmup": 25},
+    "turn_search_index": {"turns": 300, "warmup": 20},
 }
 
 QUICK: dict[str, dict[str, Any]] = {
@@ -24,6 +26,8 @@ QUICK: dict[str, dict[str, Any]] = {
     "cleanup": {"idle": 2000, "active": 1000, "items": 50},
     "multiprocess": {"processes": 4, "duration_s": 2.0, "max_rounds": 1},
     "memory": {"opens": 10_000, "turns": 1000},
+    "search": {"conversations": 100, "items": 50, "ops": 100, "warmup": 10},
+    "turn_search_index": {"turns": 60, "warmup": 5},
 }
 
 ROUNDS = {"full": 5, "quick": 2}

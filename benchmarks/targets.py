@@ -57,6 +57,11 @@ def _cleanup_check(label: str) -> Check:
     return check
 
 
+def _search_check(summary: dict[str, Any]) -> tuple[str, bool]:
+    value = summary["agent"]["p99_ms"]
+    return f"{fmt(value)} ms", _at_most(value, 20.0)
+
+
 def _errors_check(summary: dict[str, Any]) -> tuple[str, bool]:
     errors = summary["agent"]["errors"]
     return f"{errors} errors", errors == 0
@@ -101,6 +106,12 @@ TARGETS: tuple[tuple[str, str, Check], ...] = (
         "multiprocess",
         "multiprocess agent >= 1x sdk turns/s",
         _ratio_check("rate_vs_sdk", 1.0),
+    ),
+    ("search", "search_sessions (1,000 conversations of 200 items) p99 <= 20 ms", _search_check),
+    (
+        "turn_search_index",
+        "turn_1task with search_index on >= 0.9x off",
+        _ratio_check("rate_vs_index_off", 0.9),
     ),
 )
 

@@ -80,6 +80,7 @@ def open_backend(
     create: bool = True,
     offload: bool = False,
     pool: PoolOptions | None = None,
+    search_index: bool = True,
 ) -> Backend:
     """The backend for a database target: a SQLite path, or a ``postgresql://`` URL.
 
@@ -89,6 +90,7 @@ def open_backend(
             without them.
         offload: SQLite only: run operations in a worker thread (the manager's choice).
         pool: PostgreSQL only: the shared pool's sizes and timeouts.
+        search_index: Index message text for search as items are written.
 
     Raises:
         InvalidArgumentError: if ``target`` is not a path, or a URL of a database kind not
@@ -99,7 +101,7 @@ def open_backend(
     if not is_url(target):
         from .sqlite import SQLiteBackend
 
-        return SQLiteBackend(target, create=create, offload=offload)
+        return SQLiteBackend(target, create=create, offload=offload, search_index=search_index)
     url = str(target)
     scheme = url.split("://", 1)[0].lower()
     if scheme not in POSTGRES_SCHEMES:
@@ -122,6 +124,7 @@ def open_backend(
         pool_max_size=options.max_size,
         connect_timeout=options.timeout,
         statement_timeout=options.statement_timeout,
+        search_index=search_index,
     )
 
 

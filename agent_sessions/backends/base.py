@@ -13,6 +13,9 @@ Conventions every backend keeps:
   byte; rows that do not decode are set aside as corrupt (``codec.DecodedRows``).
 * Every write (``append_items``, ``pop_item``, ``delete_session``, ``prune_session``, each
   cleanup batch) is one transaction: done whole or not at all.
+* Message text (``search.indexed_text``) is indexed for search as items are written, unless
+  the backend was made with ``search_index=False``; an item's index entry goes with it, on
+  every path that deletes it.
 * Errors are the library's: driver errors leave a backend only as ``StorageError``
   subclasses naming ``location``.
 """
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from ..codec import DecodedRows
-from ..models import SessionStats, SweepRecord
+from ..models import SearchHit, SessionStats, SweepRecord
 from ..pruning import Item
 
 Owner = tuple[str | None, str | None]
@@ -294,6 +297,18 @@ class Backend(Protocol):
         """Sessions whose last activity is before ``cutoff``, oldest activity first.
 
         As in ``list_sessions``, counts are of stored rows (``corrupt_items`` is ``None``).
+        """
+        ...
+
+    async def search_sessions(
+        self, user_id: str, terms: Sequence[str], limit: int, active_since: float | None
+    ) -> list[SearchHit]:
+        """``user_id``'s sessions with a message holding every word of ``terms``.
+
+        ``terms`` are words (``search.query_words``): the last also matches as a prefix when
+        it has ``search.MIN_PREFIX_CHARS`` or more. Only sessions whose last activity is at or
+        after ``active_since`` (when given) count. One hit per session, for its best message,
+        best rank first.
         """
         ...
 

@@ -17,8 +17,9 @@ from ...codec import DecodedRows, decode_item, decode_rows
 from ...conversations import decode_metadata
 from ...errors import InvalidArgumentError, InvalidIdentifierError
 from ...ids import positive_int
-from ...models import SessionStats, SweepRecord
+from ...models import SearchHit, SessionStats, SweepRecord
 from ...pruning import Item, cut_index, late_call_index
+from ...search import folded_words
 from ..base import (
     SWEEP_HISTORY,
     UNCHANGED,
@@ -136,6 +137,7 @@ class PostgresBackend:
         pool_max_size: int = 10,
         connect_timeout: float = 10.0,
         statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
+        search_index: bool = True,
     ) -> None:
         """Configure the backend; nothing is opened yet.
 
@@ -150,6 +152,7 @@ class PostgresBackend:
                 seconds), and for a free one from the pool.
             statement_timeout: Seconds each statement may run, lock waits included; ``0``
                 for no limit. Past it the operation raises ``StorageBusyError``.
+            search_index: Index message text for ``search_sessions`` as items are written.
 
         Raises:
             InvalidArgumentError: if a size or timeout is out of range, or ``url`` is empty.
@@ -163,6 +166,7 @@ class PostgresBackend:
         self._max_size = positive_int(pool_max_size, "pool_max_size", minimum=max(1, pool_min_size))
         self._connect_timeout = _seconds(connect_timeout, "connect_timeout")
         self._statement_timeout = _seconds(statement_timeout, "statement_timeout", zero=True)
+        self._search_index = search_index
 
     @property
     def location(self) -> str:
@@ -321,7 +325,7 @@ class PostgresBackend:
             The number of items pruned.
         """
         sid = _check_text(key.session_id, "session_id")
-        batch = Batch.of(items, payloads)
+        batch = Batch.of(items, payloads, index=self._search_index)
         write = _Write(key, batch, _db_time(now), max_items, _since(active_since), title)
         try:
             found, pruned = await self._append(write, strict=True)
@@ -376,6 +380,8 @@ class PostgresBackend:
                     "is_user": batch.is_user,
                     "call_key": batch.call_keys,
                     "needs": batch.needs,
+                    "search_text": batch.search_text,
+                    "search_words": batch.search_words,
                 },
             )
             state = await conn.execute(
@@ -553,7 +559,11 @@ class PostgresBackend:
     async def load_session(self, dump: SessionDump) -> None:
         """See ``Backend.load_session``."""
         sid = _check_text(dump.session_id, "session_id")
-        batch = Batch.of([decode_item(text) or {} for text in dump.payloads], dump.payloads)
+        batch = Batch.of(
+            [decode_item(text) or {} for text in dump.payloads],
+            dump.payloads,
+            index=self._search_index and dump.user_id is not None,
+        )
         async with self._transaction() as conn:
             await conn.execute(sql.LOCK_SESSION, {"sid": sid})
             await conn.execute(sql.DELETE_SESSION_ITEMS, {"sid": sid})
@@ -578,6 +588,8 @@ class PostgresBackend:
                     "data": list(dump.payloads),
                     "is_user": batch.is_user,
                     "call_key": batch.call_keys,
+                    "search_text": batch.search_text,
+                    "search_words": batch.search_words,
                 },
             )
 
@@ -645,6 +657,35 @@ class PostgresBackend:
             sql.LIST_IDLE_SESSIONS, {"cutoff": _db_time(cutoff), "limit": limit}
         )
         return [_stats_from(row, int(row[7]), None) for row in rows]
+
+    async def search_sessions(
+        self, user_id: str, terms: Sequence[str], limit: int, active_since: float | None
+    ) -> list[SearchHit]:
+        """See ``Backend.search_sessions``; words are folded as the index is (``search.fold``)."""
+        folded = [word for term in terms for word in folded_words(term)]
+        if not folded:
+            return []
+        rows = await self._fetchall(
+            sql.SEARCH_SESSIONS,
+            {
+                "query": sql.tsquery(folded),
+                "user": _check_text(user_id, "user_id"),
+                "since": None if active_since is None else _db_time(active_since),
+                "limit": limit,
+                "headline": sql.HEADLINE_OPTIONS,
+            },
+        )
+        return [
+            SearchHit(
+                session_id=session_id,
+                conversation_id=conversation_id,
+                title=title,
+                snippet=snippet or "",
+                rank=float(rank),
+                last_activity=_utc(last_activity),
+            )
+            for session_id, conversation_id, snippet, rank, last_activity, title in rows
+        ]
 
     async def session_ids(self) -> list[str]:
         """Every session id, sorted (by code point)."""

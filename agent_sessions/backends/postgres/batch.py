@@ -19,6 +19,14 @@ from ...pruning import (
     outputs_needing_stored_calls,
     pairing,
 )
+from ...search import folded_words, indexed_text
+
+
+def search_columns(items: Sequence[Item | None]) -> tuple[list[str | None], list[str | None]]:
+    """Each item's indexed text and its folded words (``None`` for items without text)."""
+    texts = [indexed_text(item) for item in items]
+    words = [None if text is None else " ".join(folded_words(text)) for text in texts]
+    return texts, words
 
 
 @dataclass(frozen=True)
@@ -38,10 +46,16 @@ class Batch:
     """The batch holds a call answered after a later user message (``late_call_index``)."""
     late_if_stored: list[str]
     """Keys whose stored call, if there is one, this batch answers after a user message."""
+    search_text: list[str | None] | None
+    """What is indexed of each item (``search_columns``); ``None``: nothing is indexed."""
+    search_words: list[str | None] | None
 
     @classmethod
-    def of(cls, items: Sequence[Item], payloads: Sequence[str]) -> Batch:
-        """Classify ``items`` (``payloads[i]`` is the JSON text of ``items[i]``)."""
+    def of(cls, items: Sequence[Item], payloads: Sequence[str], *, index: bool = True) -> Batch:
+        """Classify ``items`` (``payloads[i]`` is the JSON text of ``items[i]``).
+
+        With ``index``, their message text is prepared for the search index.
+        """
         if len(items) != len(payloads):
             raise ValueError(f"{len(items)} items but {len(payloads)} payloads")
         is_user = [is_user_message(item) for item in items]
@@ -62,6 +76,7 @@ class Batch:
             for key, positions in needing.items()
             if any(user_so_far[position] for position in positions)
         )
+        search_text, search_words = search_columns(items) if index else (None, None)
         return cls(
             payloads=list(payloads),
             is_user=is_user,
@@ -70,6 +85,8 @@ class Batch:
             needing=needing,
             answers_late=late_call_index(items) is not None,
             late_if_stored=late_if_stored,
+            search_text=search_text,
+            search_words=search_words,
         )
 
     def dropped(self, found: set[str]) -> tuple[list[str], int]:

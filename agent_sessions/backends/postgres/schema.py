@@ -94,10 +94,22 @@ _CREATE_SWEEPS = (
     )""",
 )
 
+_ADD_SEARCH_INDEX = (
+    # On the item row itself, so whatever deletes an item deletes its entry. search_text is
+    # the message text (search.indexed_text), kept for ts_headline; search_vector its folded
+    # words (search.folded_words) under the language-neutral 'simple' configuration. Both
+    # are NULL for items that are not message text, and when search_index is off.
+    f"""ALTER TABLE {sql.ITEMS}
+        ADD COLUMN search_text text,
+        ADD COLUMN search_vector tsvector""",
+    f"CREATE INDEX {sql.ITEMS}_search ON {sql.ITEMS} USING gin (search_vector)",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create the session and item tables", _CREATE_TABLES),
     Migration(2, "add per-session turn locks with leases", _CREATE_TURN_LOCKS),
     Migration(3, "add conversation titles and metadata", _ADD_TITLES_AND_METADATA),
+    Migration(4, "add the full-text search index of message text", _ADD_SEARCH_INDEX),
     Migration(5, "record the latest cleanup sweeps", _CREATE_SWEEPS),
 )
 LATEST_VERSION = MIGRATIONS[-1].version

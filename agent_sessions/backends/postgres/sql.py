@@ -11,6 +11,8 @@ transaction the items read are exactly the ones stored: nothing else can change 
 
 from __future__ import annotations
 
+from ...search import MIN_PREFIX_CHARS
+
 SESSIONS = "agent_sessions_session"
 ITEMS = "agent_sessions_item"
 SCHEMA = "agent_sessions_schema"
@@ -103,12 +105,16 @@ FORGET_IF_ANSWERED_LATE = f"""
 # (``needs`` names the call it needs) is left out.
 # Payloads go in binary format (%(data)b): in text format psycopg escapes every quote and
 # backslash of an array element with a regex in the event loop's thread (1.3 s for 1 MB).
+# search_text and search_words are NULL arrays when nothing is indexed (unnest pads with NULL).
 INSERT_ITEMS = f"""
-    INSERT INTO {ITEMS} (session_id, seq, message_data, is_user, call_key)
-    SELECT s.session_id, s.next_seq - %(n)s + b.ord - 1, b.data, b.is_user, b.call_key
+    INSERT INTO {ITEMS}
+        (session_id, seq, message_data, is_user, call_key, search_text, search_vector)
+    SELECT s.session_id, s.next_seq - %(n)s + b.ord - 1, b.data, b.is_user, b.call_key,
+        b.search_text, to_tsvector('simple', b.search_words)
     FROM {SESSIONS} AS s,
-        unnest(%(data)b::text[], %(is_user)s::boolean[], %(call_key)s::text[], %(needs)s::text[])
-            WITH ORDINALITY AS b(data, is_user, call_key, needs, ord)
+        unnest(%(data)b::text[], %(is_user)s::boolean[], %(call_key)s::text[], %(needs)s::text[],
+               %(search_text)b::text[], %(search_words)b::text[])
+            WITH ORDINALITY AS b(data, is_user, call_key, needs, search_text, search_words, ord)
     WHERE s.session_id = %(sid)s AND (
         b.needs IS NULL OR EXISTS (
             SELECT 1 FROM {ITEMS} AS c WHERE c.session_id = %(sid)s AND c.call_key = b.needs
@@ -217,10 +223,13 @@ INSERT_DUMPED_SESSION = f"""
     VALUES (%(sid)s, %(user)s, %(conv)s, %(created)s, %(active)s, 1 + %(n)s, NULL,
         %(title)s, %(metadata)s)"""
 INSERT_DUMPED_ITEMS = f"""
-    INSERT INTO {ITEMS} (session_id, seq, message_data, is_user, call_key)
-    SELECT %(sid)s, b.ord, b.data, b.is_user, b.call_key
-    FROM unnest(%(data)b::text[], %(is_user)s::boolean[], %(call_key)s::text[])
-        WITH ORDINALITY AS b(data, is_user, call_key, ord)"""
+    INSERT INTO {ITEMS}
+        (session_id, seq, message_data, is_user, call_key, search_text, search_vector)
+    SELECT %(sid)s, b.ord, b.data, b.is_user, b.call_key,
+        b.search_text, to_tsvector('simple', b.search_words)
+    FROM unnest(%(data)b::text[], %(is_user)s::boolean[], %(call_key)s::text[],
+                %(search_text)b::text[], %(search_words)b::text[])
+        WITH ORDINALITY AS b(data, is_user, call_key, search_text, search_words, ord)"""
 
 # --- many sessions --------------------------------------------------------------------------
 
@@ -263,6 +272,44 @@ LIST_IDLE_SESSIONS = (
     "ORDER BY s.last_activity, s.session_id LIMIT %(limit)s"
 )
 SESSION_IDS = f"SELECT session_id FROM {SESSIONS} ORDER BY session_id"
+
+# Search: the best item of each of the user's sessions (ts_rank, higher is better), then a
+# headline of that item for the top ``limit`` sessions only (ts_headline reads the text).
+# The query is built by tsquery() from words, each quoted: no user text is tsquery syntax.
+SNIPPET_WORDS = 16
+HEADLINE_OPTIONS = (
+    f'StartSel="", StopSel="", MaxWords={SNIPPET_WORDS}, MinWords={SNIPPET_WORDS // 2}, ShortWord=0'
+)
+SEARCH_SESSIONS = f"""
+    WITH q AS (SELECT to_tsquery('simple', %(query)s) AS query),
+    best AS (
+        SELECT DISTINCT ON (i.session_id) i.session_id, i.seq,
+            ts_rank(i.search_vector, q.query) AS rank
+        FROM q, {ITEMS} AS i JOIN {SESSIONS} AS s ON s.session_id = i.session_id
+        WHERE i.search_vector @@ q.query AND s.user_id = %(user)s
+            AND (%(since)s::timestamptz IS NULL OR s.last_activity >= %(since)s)
+        ORDER BY i.session_id, rank DESC, i.seq DESC
+    ), top AS (
+        SELECT best.*, s.conversation_id, s.last_activity, s.title
+        FROM best JOIN {SESSIONS} AS s ON s.session_id = best.session_id
+        ORDER BY best.rank DESC, s.last_activity DESC, best.session_id
+        LIMIT %(limit)s
+    )
+    SELECT top.session_id, top.conversation_id,
+        ts_headline('simple', i.search_text, q.query, %(headline)s),
+        top.rank, top.last_activity AT TIME ZONE 'UTC', top.title
+    FROM q, top JOIN {ITEMS} AS i ON i.session_id = top.session_id AND i.seq = top.seq
+    ORDER BY top.rank DESC, top.last_activity DESC, top.session_id"""
+
+
+def tsquery(terms: list[str]) -> str:
+    """The ``to_tsquery`` text for folded words: all must match, the last maybe as a prefix."""
+    quoted = ["'" + term.replace("\\", "\\\\").replace("'", "''") + "'" for term in terms]
+    if len(terms[-1]) >= MIN_PREFIX_CHARS:
+        quoted[-1] += ":*"
+    return " & ".join(quoted)
+
+
 TOTALS = (
     f"SELECT (SELECT count(*) FROM {SESSIONS}), (SELECT count(*) FROM {ITEMS}), "
     f"(SELECT count(*) FROM {SESSIONS} WHERE last_activity >= %(since)s)"

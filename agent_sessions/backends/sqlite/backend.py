@@ -19,7 +19,7 @@ from ...errors import (
     StorageUnavailableError,
 )
 from ...ids import legacy_owner
-from ...models import SessionStats
+from ...models import SearchHit, SessionStats
 from ...pruning import Item
 from .. import is_url, redact_url
 from ..base import (
@@ -59,7 +59,14 @@ class SQLiteBackend:
     thread's connection; ``close()`` ends the thread.
     """
 
-    def __init__(self, db_path: object, *, create: bool = True, offload: bool = False) -> None:
+    def __init__(
+        self,
+        db_path: object,
+        *,
+        create: bool = True,
+        offload: bool = False,
+        search_index: bool = True,
+    ) -> None:
         """Resolve the path; nothing is opened yet (``":memory:"`` excepted).
 
         Args:
@@ -70,6 +77,7 @@ class SQLiteBackend:
             offload: Run every operation in a worker thread of its own rather than in the
                 event loop's thread: for the manager's longer operations (listing, stats,
                 cleanup).
+            search_index: Index message text for ``search_sessions`` as items are written.
 
         Raises:
             InvalidArgumentError: if ``db_path`` is not a path.
@@ -84,6 +92,7 @@ class SQLiteBackend:
         self._executor: ThreadPoolExecutor | None = None
         self._executor_pid = 0  # the process whose thread the executor runs
         self._offload = offload
+        self._search_index = search_index
         self._memory = Engine(":memory:") if self.path == ":memory:" else None
         self._cleanup_batches = 0
 
@@ -250,7 +259,15 @@ class SQLiteBackend:
         """See ``Backend.append_items``."""
         return await self._run(
             lambda conn: sql.append_items(
-                conn, key, items, payloads, now, max_items, active_since, title
+                conn,
+                key,
+                items,
+                payloads,
+                now,
+                max_items,
+                active_since,
+                title,
+                index=self._search_index,
             ),
             write=True,
         )
@@ -356,6 +373,14 @@ class SQLiteBackend:
         """See ``Backend.list_idle_sessions``."""
         return await self._run(lambda conn: sql.list_idle_sessions(conn, cutoff, limit))
 
+    async def search_sessions(
+        self, user_id: str, terms: Sequence[str], limit: int, active_since: float | None
+    ) -> list[SearchHit]:
+        """See ``Backend.search_sessions``."""
+        return await self._run(
+            lambda conn: sql.search_sessions(conn, user_id, terms, limit, active_since)
+        )
+
     async def session_ids(self) -> list[str]:
         """See ``Backend.session_ids``."""
         return await self._run(sql.session_ids)
@@ -384,7 +409,9 @@ class SQLiteBackend:
 
     async def load_session(self, dump: SessionDump) -> None:
         """See ``Backend.load_session``."""
-        await self._run(lambda conn: sql.load_session(conn, dump), write=True)
+        await self._run(
+            lambda conn: sql.load_session(conn, dump, index=self._search_index), write=True
+        )
 
     async def finish_cleanup(self) -> None:
         """Checkpoint the WAL passively: it never blocks readers or writers."""

@@ -34,6 +34,7 @@ MESSAGES_TABLE = "agent_messages"
 SCHEMA_TABLE = "agent_sessions_schema"
 TURN_LOCKS_TABLE = "agent_sessions_turn_locks"
 SWEEPS_TABLE = "agent_sessions_sweeps"
+SEARCH_TABLE = "agent_sessions_search"
 
 # The SDK's naive-UTC CURRENT_TIMESTAMP text (whole seconds) as POSIX seconds. strftime('%s')
 # is exact where julianday() arithmetic is off by microseconds, and unlike unixepoch() it
@@ -314,6 +315,29 @@ def _add_sweeps(conn: sqlite3.Connection) -> None:
             error TEXT
         )"""
     )
+def _add_search_index(conn: sqlite3.Connection) -> None:
+    # An FTS5 table of its own whose rowid is the message row's id. It stores the text (our
+    # messages are JSON; the text is worked out in Python, see search.indexed_text), so
+    # snippet() works and an entry can be deleted by rowid alone (SQLite 3.40 has no
+    # contentless_delete). owner holds search.owner_token(user_id), so a search reads only
+    # its user's entries; session_id joins to the session row. remove_diacritics 2:
+    # "cafe" finds "café", in any script unicode61 knows.
+    conn.execute(
+        f"""CREATE VIRTUAL TABLE IF NOT EXISTS {SEARCH_TABLE} USING fts5(
+            body, owner, session_id UNINDEXED,
+            tokenize = 'unicode61 remove_diacritics 2'
+        )"""
+    )
+    # Every path that deletes a message (pruning, pop, clear, cleanup, a plain
+    # SQLiteSession's clear_session) deletes its entry in the same transaction: no text of
+    # a deleted item stays findable. A row without an entry costs one rowid lookup.
+    conn.execute(
+        f"""CREATE TRIGGER IF NOT EXISTS {MESSAGES_TABLE}_search_delete
+            AFTER DELETE ON {MESSAGES_TABLE}
+            BEGIN
+                DELETE FROM {SEARCH_TABLE} WHERE rowid = OLD.id;
+            END"""
+    )
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -324,6 +348,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(4, "add per-session turn locks with leases", _add_turn_locks),
     Migration(5, "add conversation titles and metadata", _add_titles_and_metadata),
+    Migration(6, "add the full-text search index of message text", _add_search_index),
     Migration(7, "record the latest cleanup sweeps", _add_sweeps),
 )
 LATEST_VERSION = MIGRATIONS[-1].version

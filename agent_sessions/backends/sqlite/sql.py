@@ -15,7 +15,7 @@ from typing import Any
 from ...clock import from_timestamp
 from ...codec import DecodedRows, decode_item, decode_rows
 from ...conversations import decode_metadata
-from ...models import SessionStats, SweepRecord
+from ...models import SearchHit, SessionStats, SweepRecord
 from ...pruning import (
     Item,
     answers_late,
@@ -25,6 +25,7 @@ from ...pruning import (
     outputs_needing_stored_calls,
     pairing,
 )
+from ...search import MIN_PREFIX_CHARS, indexed_text, owner_token, snippet
 from ..base import (
     SWEEP_HISTORY,
     UNCHANGED,
@@ -34,7 +35,13 @@ from ..base import (
     SessionKey,
     Totals,
 )
-from .schema import MESSAGES_TABLE, SESSIONS_TABLE, SWEEPS_TABLE, TURN_LOCKS_TABLE
+from .schema import (
+    MESSAGES_TABLE,
+    SEARCH_TABLE,
+    SESSIONS_TABLE,
+    SWEEPS_TABLE,
+    TURN_LOCKS_TABLE,
+)
 
 logger = logging.getLogger("agent_sessions")
 
@@ -67,6 +74,9 @@ DELETE_ROW = f"DELETE FROM {MESSAGES_TABLE} WHERE id = ?"
 DELETE_SESSION_ROWS = f"DELETE FROM {MESSAGES_TABLE} WHERE session_id = ?"
 DELETE_SESSION = f"DELETE FROM {SESSIONS_TABLE} WHERE session_id = ?"
 INSERT_ROW = f"INSERT INTO {MESSAGES_TABLE} (session_id, message_data) VALUES (?, ?)"
+INSERT_SEARCH_ENTRY = (
+    f"INSERT INTO {SEARCH_TABLE} (rowid, body, owner, session_id) VALUES (?, ?, ?, ?)"
+)
 UPSERT_SESSION = f"""
     INSERT INTO {SESSIONS_TABLE}
         (session_id, user_id, conversation_id, created_ts, last_activity_ts, title)
@@ -179,13 +189,16 @@ def append_items(
     max_items: int,
     active_since: float | None = None,
     title: str | None = None,
+    *,
+    index: bool = True,
 ) -> int:
     """Record activity, insert encoded items and prune, inside the caller's transaction.
 
     An expired session (last activity before ``active_since``) is started afresh first.
     ``title`` becomes the session's title unless it has one.
 
-    ``payloads[i]`` is the JSON text of ``items[i]``. A tool output or approval response
+    ``payloads[i]`` is the JSON text of ``items[i]``; with ``index``, message text is
+    indexed for search. A tool output or approval response
     whose call is neither earlier in the batch nor stored is not inserted: that happens when
     an approval is answered so late that pruning already removed its call, and storing it
     would leave an output the model rejects. It is logged as a warning.
@@ -220,8 +233,33 @@ def append_items(
         stored_calls, answered_after_stored_user = found.call_rows, found.answered_after_user
     if answered_after_stored_user or answers_late(items, stored_calls):
         conn.execute(FORGET_LATE_CALL_ROW, (key.session_id,))
-    conn.executemany(INSERT_ROW, [(key.session_id, payload) for _, payload in rows])
+    insert_rows(conn, key.session_id, key.user_id if index else None, rows)
     return prune(conn, key.session_id, max_items)
+
+
+def insert_rows(
+    conn: sqlite3.Connection,
+    session_id: str,
+    index_for: str | None,
+    rows: Sequence[tuple[Item | None, str]],
+) -> None:
+    """Insert ``(item, payload)`` rows in order, indexing their text as ``index_for``'s.
+
+    With ``index_for=None`` nothing is indexed (search is off, or the owner is unknown).
+    Pruning and every other delete remove the entries again (the trigger of migration 6).
+    """
+    if index_for is None:
+        conn.executemany(INSERT_ROW, [(session_id, payload) for _, payload in rows])
+        return
+    owner = owner_token(index_for)
+    entries = []
+    for item, payload in rows:
+        cursor = conn.execute(INSERT_ROW, (session_id, payload))
+        text = indexed_text(item)
+        if text is not None:
+            entries.append((cursor.lastrowid, text, owner, session_id))
+    if entries:
+        conn.executemany(INSERT_SEARCH_ENTRY, entries)
 
 
 @dataclass(frozen=True)
@@ -443,10 +481,11 @@ INSERT_DUMPED_SESSION = f"""
 """
 
 
-def load_session(conn: sqlite3.Connection, dump: SessionDump) -> None:
+def load_session(conn: sqlite3.Connection, dump: SessionDump, *, index: bool = True) -> None:
     """Replace a session with ``dump``, inside the caller's write transaction.
 
-    ``late_call_row`` is left unknown, so the next prune checks the session whole.
+    ``late_call_row`` is left unknown, so the next prune checks the session whole. With
+    ``index``, message text is indexed for search.
     """
     delete_session(conn, dump.session_id)
     conn.execute(
@@ -461,7 +500,9 @@ def load_session(conn: sqlite3.Connection, dump: SessionDump) -> None:
             dump.metadata,
         ),
     )
-    conn.executemany(INSERT_ROW, [(dump.session_id, payload) for payload in dump.payloads])
+    owner = dump.user_id if index else None
+    rows = [(decode_item(payload) if owner else None, payload) for payload in dump.payloads]
+    insert_rows(conn, dump.session_id, owner, rows)
 
 
 # --- many sessions ---------------------------------------------------------------------
@@ -589,6 +630,80 @@ def list_idle_sessions(
     """Sessions idle since before ``cutoff``, oldest activity first."""
     rows = conn.execute(LIST_IDLE_SESSIONS, (cutoff, -1 if limit is None else limit)).fetchall()
     return [_stats_from(row, int(row[7]), None) for row in rows]
+
+
+# --- search ------------------------------------------------------------------------------
+
+SEARCH_CANDIDATES = 2000
+"""Matching messages ranked per search: the user's newest. A word in more of their messages
+(one they use all the time) is ranked among these only, so a search's cost stays bounded."""
+
+# The best entry of each of the user's sessions among the newest SEARCH_CANDIDATES matches:
+# FTS5 matches only the owner's entries (newest first, by rowid, without ranking them all),
+# ranks those with bm25 over the body alone (its rank column, which unlike bm25() can be
+# aggregated; lower is better, so negated), and SQLite takes a bare column (rowid) from the
+# row max() picks. The session row is checked for the owner too: the token only narrows.
+SEARCH_SESSIONS = f"""
+    WITH candidates AS MATERIALIZED (
+        SELECT session_id, rowid AS row_id, -rank AS score
+        FROM {SEARCH_TABLE} WHERE {SEARCH_TABLE} MATCH ? AND rank MATCH 'bm25(1.0, 0.0)'
+        ORDER BY rowid DESC LIMIT {SEARCH_CANDIDATES}
+    ), best AS (
+        SELECT session_id, row_id, max(score) AS rank FROM candidates GROUP BY session_id
+    )
+    SELECT m.session_id, m.row_id, m.rank, s.conversation_id, s.last_activity_ts, s.title
+    FROM best AS m
+    JOIN {SESSIONS_TABLE} AS s ON s.session_id = m.session_id
+    WHERE s.user_id = ? AND (? IS NULL OR s.last_activity_ts >= ?)
+    ORDER BY m.rank DESC, s.last_activity_ts DESC, m.session_id
+    LIMIT ?"""
+# The best messages' text, by rowid alone: no MATCH, for FTS5's snippet() seeks every
+# phrase's doclist to each row, which takes milliseconds a row for a word in most messages.
+_TEXTS = f"SELECT rowid, body FROM {SEARCH_TABLE} WHERE rowid IN ({{marks}})"
+
+
+def _quoted(word: str) -> str:
+    # An FTS5 string: whatever it holds is text to match, never syntax (a " is doubled).
+    return '"' + word.replace('"', '""') + '"'
+
+
+def match_expression(user_id: str, terms: Sequence[str]) -> str:
+    """The FTS5 query for ``terms`` (all must match) in ``user_id``'s entries."""
+    phrases = [_quoted(term) for term in terms]
+    if len(terms[-1]) >= MIN_PREFIX_CHARS:
+        phrases[-1] += " *"
+    return f"owner : {_quoted(owner_token(user_id))} AND body : ({' AND '.join(phrases)})"
+
+
+def search_sessions(
+    conn: sqlite3.Connection,
+    user_id: str,
+    terms: Sequence[str],
+    limit: int,
+    active_since: float | None,
+) -> list[SearchHit]:
+    """See ``Backend.search_sessions``."""
+    if not terms:
+        return []
+    match = match_expression(user_id, terms)
+    rows = conn.execute(
+        SEARCH_SESSIONS, (match, user_id, active_since, active_since, limit)
+    ).fetchall()
+    if not rows:
+        return []
+    row_ids = [row[1] for row in rows]
+    texts = dict(conn.execute(_TEXTS.format(marks=", ".join("?" * len(row_ids))), row_ids))
+    return [
+        SearchHit(
+            session_id=session_id,
+            conversation_id=conversation_id,
+            title=title,
+            snippet=snippet(texts.get(row_id) or "", list(terms)),
+            rank=float(rank),
+            last_activity=from_timestamp(last_activity if last_activity is not None else 0.0),
+        )
+        for session_id, row_id, rank, conversation_id, last_activity, title in rows
+    ]
 
 
 def session_ids(conn: sqlite3.Connection) -> list[str]:
