@@ -6,10 +6,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .backends import close_server_pools
+from .encryption import Keyring, generate_key
 from .errors import (
     AgentSessionsError,
     ConfigurationError,
     CorruptDatabaseError,
+    EncryptionKeyError,
     EventLoopMismatchError,
     InvalidArgumentError,
     InvalidIdentifierError,
@@ -41,10 +43,12 @@ __all__ = [
     "AgentSessionsError",
     "ConfigurationError",
     "CorruptDatabaseError",
+    "EncryptionKeyError",
     "EventLoopMismatchError",
     "InvalidArgumentError",
     "InvalidIdentifierError",
     "InvalidItemError",
+    "Keyring",
     "PostgresSession",
     "SchedulerError",
     "SessionClosedError",
@@ -58,6 +62,7 @@ __all__ = [
     "TurnLockTimeoutError",
     "__version__",
     "close_server_pools",
+    "generate_key",
     "get_agent_session",
     "get_session_id",
     "get_settings",

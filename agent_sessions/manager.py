@@ -8,13 +8,14 @@ import math
 import time
 import uuid
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from .backends import Backend, open_backend
 from .clock import Clock, days_before, now_timestamp, to_timestamp, utc_now
+from .encryption import Keyring, keyring_for
 from .errors import (
     EventLoopMismatchError,
     InvalidArgumentError,
@@ -84,6 +85,7 @@ class SessionManager:
         clock: Clock | None = None,
         cleanup_batch_size: int = CLEANUP_BATCH_SIZE,
         create: bool = True,
+        encryption_key: str | bytes | Sequence[str | bytes] | Keyring | None = None,
     ) -> None:
         """Configure the manager; nothing is opened yet.
 
@@ -99,6 +101,8 @@ class SessionManager:
             create: Create the database (and its folder) if it does not exist; with
                 ``False`` a missing file, or one without session tables, raises
                 ``StorageUnavailableError`` and is left as it was.
+            encryption_key: Opens encrypted items (``get_items``); defaults to the settings'
+                ``encryption_key``. Listing and counting need no key.
 
         Raises:
             InvalidArgumentError: if a number is not a positive integer, or ``db_path`` is not
@@ -120,8 +124,9 @@ class SessionManager:
             maximum=MAX_RETENTION_DAYS,
         )
         self.cleanup_batch_size = positive_int(cleanup_batch_size, "cleanup_batch_size")
+        self._keyring = keyring_for(resolve_setting(encryption_key, "encryption_key", settings))
         self._backend: Backend = open_backend(
-            target, create=create, offload=True, pool=pool_options(settings)
+            target, create=create, offload=True, pool=pool_options(settings), keyring=self._keyring
         )
         self.db_path = self._backend.location
         # Kept for the scheduler, which takes the schedule (hour, minute, zone) from them.

@@ -8,7 +8,7 @@ import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -24,6 +24,7 @@ from .backends.base import Backend, SessionKey
 from .backends.sqlite import SQLiteBackend
 from .backends.sqlite.schema import MESSAGES_TABLE, SESSIONS_TABLE
 from .clock import Clock, now_timestamp, utc_now
+from .encryption import Keyring, keyring_for, looks_like_sdk_envelope
 from .errors import (
     AgentSessionsError,
     InvalidArgumentError,
@@ -52,7 +53,7 @@ class BoundedSessionMixin:
     """The session protocol over a ``Backend``: what every session class of ours shares.
 
     A subclass sets ``session_id``, ``max_messages``, ``session_settings``, ``_backend``,
-    ``_key``, ``_clock`` and ``_closed``.
+    ``_key``, ``_clock``, ``_closed`` and (to encrypt) ``_keyring``.
     """
 
     session_id: str
@@ -62,15 +63,23 @@ class BoundedSessionMixin:
     _key: SessionKey
     _clock: Clock
     _closed: bool
+    _keyring: Keyring | None = None
+    _warned_of_envelopes = False
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether new items are encrypted at rest (an ``encryption_key`` is configured)."""
+        return self._keyring is not None and not self._keyring.writes_plaintext
 
     async def get_items(self, limit: int | None = None) -> list[TResponseInputItem]:
         """Return the history, oldest first; with ``limit``, only the newest ``limit`` items.
 
-        Rows that cannot be decoded as items are skipped and logged. As in the SDK, ``None``
-        or a negative limit reads everything.
+        Rows that cannot be decoded as items are skipped and logged, as are encrypted rows
+        that fail authentication. As in the SDK, ``None`` or a negative limit reads everything.
 
         Raises:
             InvalidArgumentError: if ``limit`` is neither ``None`` nor an int.
+            EncryptionKeyError: if items are encrypted with a key not configured (or none is).
         """
         session_limit = optional_limit(resolve_session_limit(limit, self.session_settings))
         decoded = await self._open_backend().read_items(self.session_id, session_limit)
@@ -96,6 +105,8 @@ class BoundedSessionMixin:
                 exception: a PostgreSQL connection lost while the COMMIT is under way
                 (``StorageUnavailableError``) cannot tell whether it was applied; the batch
                 is then stored whole or not at all, so do not retry it blindly.
+            EncryptionKeyError: without a key, if the session holds encrypted items; nothing
+                is written (plaintext is never mixed into an encrypted session).
         """
         backend = self._open_backend()
         if not items:
@@ -103,6 +114,16 @@ class BoundedSessionMixin:
         if not isinstance(items, list):
             items = _as_item_list(items)
         payloads = codec.encode_items(items)
+        if not self._warned_of_envelopes and any(map(looks_like_sdk_envelope, items)):
+            self._warned_of_envelopes = True
+            logger.warning(
+                "session %r: received items encrypted by the SDK's EncryptedSession; pruning "
+                "cannot see inside them, so it may keep a tool output without its call. Pass "
+                "encryption_key= to the session instead of wrapping it",
+                self.session_id,
+            )
+        if self._keyring is not None:
+            payloads = self._keyring.seal_items(self.session_id, items, payloads)
         now = now_timestamp(self._clock)
         pruned = await backend.append_items(self._key, items, payloads, now, self.max_messages)
         if pruned:
@@ -282,6 +303,7 @@ class AgentSession(BoundedSessionMixin, SQLiteSession):
         settings: AgentSessionSettings | None = None,
         session_settings: SessionSettings | dict[str, Any] | None = None,
         clock: Clock | None = None,
+        encryption_key: str | bytes | Sequence[str | bytes] | Keyring | None = None,
     ) -> None:
         """Open (creating if needed) the session's database.
 
@@ -294,10 +316,14 @@ class AgentSession(BoundedSessionMixin, SQLiteSession):
             settings: Settings to use instead of ``get_settings()``.
             session_settings: The SDK's ``SessionSettings`` (e.g. a read ``limit``).
             clock: Returns the current aware datetime; activity times are taken from it.
+            encryption_key: Encrypt items at rest: a key from ``generate_key()``, or several
+                (a list or a comma-separated string), newest first; defaults to the settings'
+                ``encryption_key``. Needs the ``encryption`` extra.
 
         Raises:
             InvalidIdentifierError: if an id is unusable, or its session id is held in an
                 adopted database by a session of another owner.
+            ConfigurationError: if a key is malformed, or ``cryptography`` is missing.
             InvalidArgumentError: if ``max_messages`` is not a positive integer, ``db_path``
                 is not a path, or ``settings`` is not an ``AgentSessionSettings``.
             TypeError: if ``session_settings`` has unknown fields (the SDK's own check).
@@ -311,7 +337,10 @@ class AgentSession(BoundedSessionMixin, SQLiteSession):
         self.max_messages = positive_int(
             resolve_setting(max_messages, "max_messages", settings), "max_messages"
         )
-        backend = SQLiteBackend(resolve_setting(db_path, "db_path", settings))
+        self._keyring = keyring_for(resolve_setting(encryption_key, "encryption_key", settings))
+        backend = SQLiteBackend(
+            resolve_setting(db_path, "db_path", settings), keyring=self._keyring
+        )
         # SQLiteSession.__init__ is deliberately not called: it opens a connection and checks
         # the schema for every object (about 2 ms). The attributes it documents are set here
         # and every method it implements is overridden, on a shared connection instead.
@@ -394,6 +423,7 @@ class PostgresSession(BoundedSessionMixin, SessionABC):
         settings: AgentSessionSettings | None = None,
         session_settings: SessionSettings | dict[str, Any] | None = None,
         clock: Clock | None = None,
+        encryption_key: str | bytes | Sequence[str | bytes] | Keyring | None = None,
     ) -> None:
         """Make the session; the database is reached on first use.
 
@@ -405,12 +435,14 @@ class PostgresSession(BoundedSessionMixin, SessionABC):
             settings: Settings to use instead of ``get_settings()``.
             session_settings: The SDK's ``SessionSettings`` (e.g. a read ``limit``).
             clock: Returns the current aware datetime; activity times are taken from it.
+            encryption_key: Encrypt items at rest (see ``AgentSession``).
 
         Raises:
             InvalidIdentifierError: if an id is unusable.
             InvalidArgumentError: if ``max_messages`` is not a positive integer, or no
                 ``postgresql://`` URL is given or set.
-            ConfigurationError: if the ``postgres`` extra is not installed.
+            ConfigurationError: if the ``postgres`` extra is not installed, a key is
+                malformed, or ``cryptography`` is missing.
         """
         user = normalize_identifier(user_id, "user_id")
         conversation = normalize_identifier(conversation_id, "conversation_id")
@@ -431,7 +463,8 @@ class PostgresSession(BoundedSessionMixin, SessionABC):
             if session_settings is not None
             else SessionSettings()
         )
-        self._backend = open_backend(url, pool=pool_options(settings))
+        self._keyring = keyring_for(resolve_setting(encryption_key, "encryption_key", settings))
+        self._backend = open_backend(url, pool=pool_options(settings), keyring=self._keyring)
         self.database_url = self._backend.location
         self._key = SessionKey(self.session_id, user, conversation)
         self._clock = clock or utc_now
@@ -462,6 +495,7 @@ def get_agent_session(
     settings: AgentSessionSettings | None = None,
     session_settings: SessionSettings | dict[str, Any] | None = None,
     clock: Clock | None = None,
+    encryption_key: str | bytes | Sequence[str | bytes] | Keyring | None = None,
 ) -> AgentSession | PostgresSession:
     """Return the session for a (user, conversation) pair, configured from settings.
 
@@ -485,6 +519,7 @@ def get_agent_session(
             settings=settings,
             session_settings=session_settings,
             clock=clock,
+            encryption_key=encryption_key,
         )
     return AgentSession(
         user_id,
@@ -494,6 +529,7 @@ def get_agent_session(
         settings=settings,
         session_settings=session_settings,
         clock=clock,
+        encryption_key=encryption_key,
     )
 
 

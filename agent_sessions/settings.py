@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Self, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .backends import PoolOptions, is_url
@@ -65,6 +72,15 @@ class AgentSessionSettings(BaseSettings):
         default=None,
         description="Also sweep expired sessions this often ('5m'); unset: only daily.",
     )
+    encryption_key: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Encrypt stored items at rest: one or more keys (32 random bytes, URL-safe "
+            "base64; `agent-sessions generate-key`), newest first, comma-separated. New items "
+            "are sealed with the first; reads use whichever sealed a row. A secret: never "
+            "printed or logged."
+        ),
+    )
     search_index: bool = Field(
         default=True,
         description="Index user and assistant message text for search_sessions.",
@@ -112,6 +128,19 @@ class AgentSessionSettings(BaseSettings):
         if value is None or (isinstance(value, str) and not value.strip()):
             return None  # an empty variable means "not set"
         return parse_duration(value, info.field_name or "duration")
+
+    @field_validator("encryption_key", mode="before")
+    @classmethod
+    def _encryption_keys(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None  # an empty variable means "not set"
+        from .encryption import parse_keys
+
+        try:
+            parse_keys(value)
+        except InvalidArgumentError as exc:  # names the key's position, never the key
+            raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("max_messages")
     @classmethod

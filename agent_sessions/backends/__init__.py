@@ -10,9 +10,13 @@ import os
 import re
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError, InvalidArgumentError
 from .base import Backend
+
+if TYPE_CHECKING:
+    from ..encryption import Keyring
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 POSTGRES_SCHEMES = ("postgresql", "postgres")
@@ -80,6 +84,7 @@ def open_backend(
     create: bool = True,
     offload: bool = False,
     pool: PoolOptions | None = None,
+    keyring: Keyring | None = None,
 ) -> Backend:
     """The backend for a database target: a SQLite path, or a ``postgresql://`` URL.
 
@@ -89,6 +94,7 @@ def open_backend(
             without them.
         offload: SQLite only: run operations in a worker thread (the manager's choice).
         pool: PostgreSQL only: the shared pool's sizes and timeouts.
+        keyring: Opens (and lets sessions write) encrypted items; see ``encryption``.
 
     Raises:
         InvalidArgumentError: if ``target`` is not a path, or a URL of a database kind not
@@ -99,7 +105,7 @@ def open_backend(
     if not is_url(target):
         from .sqlite import SQLiteBackend
 
-        return SQLiteBackend(target, create=create, offload=offload)
+        return SQLiteBackend(target, create=create, offload=offload, keyring=keyring)
     url = str(target)
     scheme = url.split("://", 1)[0].lower()
     if scheme not in POSTGRES_SCHEMES:
@@ -122,6 +128,7 @@ def open_backend(
         pool_max_size=options.max_size,
         connect_timeout=options.timeout,
         statement_timeout=options.statement_timeout,
+        keyring=keyring,
     )
 
 

@@ -12,15 +12,24 @@ from typing import Any
 import psycopg
 
 from ...clock import from_timestamp
-from ...codec import DecodedRows, decode_item, decode_rows
-from ...errors import InvalidArgumentError, InvalidIdentifierError
+from ...codec import DecodedRows, decode_item
+from ...encryption import (
+    ClearColumns,
+    Keyring,
+    decode_stored,
+    is_encrypted,
+    open_row,
+    pruning_item,
+    skeleton,
+)
+from ...errors import EncryptionKeyError, InvalidArgumentError, InvalidIdentifierError
 from ...ids import positive_int
 from ...models import SessionStats
 from ...pruning import Item, cut_index, late_call_index
-from ..base import Owner, SessionDump, SessionKey, Totals
+from ..base import Owner, RowChange, SessionDump, SessionKey, StoredRow, Totals
 from . import schema, sql
 from .batch import Batch
-from .errors import FullPruneNeeded, redact, translate_errors
+from .errors import FullPruneNeeded, KeyNeeded, redact, translate_errors
 from .pool import connection_kwargs, mark_schema_ready, schema_lock, schema_ready, shared_pool
 from .transaction import transaction
 
@@ -73,13 +82,14 @@ def _seconds(value: object, what: str, *, zero: bool = False) -> float:
 
 def _stats(row: Sequence[Any]) -> SessionStats:
     session_id, user_id, conversation_id, created_at, last_activity, payloads = row
-    decoded = decode_rows(enumerate(payloads))
+    # Encrypted rows are counted as items without a key (they cannot be checked without one).
+    items = sum(1 for data in payloads if is_encrypted(data) or decode_item(data) is not None)
     return SessionStats(
         session_id=session_id,
         user_id=user_id,
         conversation_id=conversation_id,
-        message_count=len(decoded.items),
-        corrupt_items=len(decoded.corrupt_row_ids),
+        message_count=items,
+        corrupt_items=len(payloads) - items,
         created_at=_utc(created_at),
         last_activity=_utc(last_activity),
     )
@@ -102,6 +112,7 @@ class PostgresBackend:
         pool_max_size: int = 10,
         connect_timeout: float = 10.0,
         statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
+        keyring: Keyring | None = None,
     ) -> None:
         """Configure the backend; nothing is opened yet.
 
@@ -116,6 +127,8 @@ class PostgresBackend:
                 seconds), and for a free one from the pool.
             statement_timeout: Seconds each statement may run, lock waits included; ``0``
                 for no limit. Past it the operation raises ``StorageBusyError``.
+            keyring: Opens encrypted rows on reads; without one, reads of encrypted rows and
+                writes to a session holding them raise ``EncryptionKeyError``.
 
         Raises:
             InvalidArgumentError: if a size or timeout is out of range, or ``url`` is empty.
@@ -129,6 +142,7 @@ class PostgresBackend:
         self._max_size = positive_int(pool_max_size, "pool_max_size", minimum=max(1, pool_min_size))
         self._connect_timeout = _seconds(connect_timeout, "connect_timeout")
         self._statement_timeout = _seconds(statement_timeout, "statement_timeout", zero=True)
+        self._keyring = keyring
 
     @property
     def location(self) -> str:
@@ -232,13 +246,14 @@ class PostgresBackend:
         """
         sid = _check_text(session_id, "session_id")
         if limit is None or limit < 0:
-            return decode_rows(await self._fetchall(sql.SELECT_ALL_ITEMS, {"sid": sid}))
+            rows = await self._fetchall(sql.SELECT_ALL_ITEMS, {"sid": sid})
+            return decode_stored(rows, self._keyring, sid)
         if limit == 0:
             return DecodedRows([], [])
         window = limit
         while True:
             rows = await self._fetchall(sql.SELECT_NEWEST_ITEMS, {"sid": sid, "limit": window})
-            decoded = decode_rows(reversed(rows))
+            decoded = decode_stored(rows[::-1], self._keyring, sid)
             if len(decoded.items) >= limit or len(rows) < window:
                 return DecodedRows(decoded.items[-limit:], decoded.corrupt_row_ids)
             window *= 2
@@ -251,7 +266,7 @@ class PostgresBackend:
             rows = await conn.execute(sql.SELECT_ALL_ITEMS, {"sid": sid})
         if await exists.fetchone() is None:
             return None
-        return decode_rows(await rows.fetchall())
+        return decode_stored(await rows.fetchall(), self._keyring, sid)
 
     async def append_items(
         self,
@@ -275,9 +290,16 @@ class PostgresBackend:
         sid = _check_text(key.session_id, "session_id")
         batch = Batch.of(items, payloads)
         try:
-            found, pruned = await self._append(key, batch, _db_time(now), max_items, strict=True)
-        except FullPruneNeeded:
-            found, pruned = await self._append(key, batch, _db_time(now), max_items, strict=False)
+            try:
+                found, pruned = await self._append(
+                    key, batch, _db_time(now), max_items, strict=True
+                )
+            except FullPruneNeeded:
+                found, pruned = await self._append(
+                    key, batch, _db_time(now), max_items, strict=False
+                )
+        except KeyNeeded:
+            raise EncryptionKeyError(sid, [], [], writing=True) from None
         orphans, dropped = batch.dropped(found)
         if orphans:
             logger.warning(
@@ -308,6 +330,9 @@ class PostgresBackend:
                     "forget": batch.answers_late,
                 },
             )
+            refuse = self._keyring is None
+            if refuse and not strict:
+                await conn.execute(sql.REFUSE_IF_ENCRYPTED, {"sid": sid, "n": n})
             if batch.needing:
                 keys = sorted(batch.needing)
                 found_calls = await conn.execute(sql.FIND_STORED_CALLS, {"sid": sid, "keys": keys})
@@ -324,11 +349,17 @@ class PostgresBackend:
                     "is_user": batch.is_user,
                     "call_key": batch.call_keys,
                     "needs": batch.needs,
+                    "answer_key": batch.answer_keys,
+                    "is_reasoning": batch.is_reasoning,
                 },
             )
             state = await conn.execute(
                 sql.PRUNE_FAST, {"sid": sid, "max": max_items, "strict": strict}
             )
+            if refuse and strict:
+                # Last: an error raised by an earlier statement would surface inside this
+                # block at the next execute, rather than at the COMMIT.
+                await conn.execute(sql.REFUSE_IF_ENCRYPTED, {"sid": sid, "n": n})
             # Strict: nothing is read before COMMIT, so the whole write is one round trip.
             if not strict:
                 pruned = await _finish_prune(conn, sid, max_items, await state.fetchone())
@@ -350,10 +381,10 @@ class PostgresBackend:
             while True:
                 cursor = await conn.execute(sql.SELECT_NEWEST_ITEMS, {"sid": sid, "limit": window})
                 rows = await cursor.fetchall()
-                for seq, data in rows:
-                    item = decode_item(data)
+                for row in rows:
+                    item = open_row(row, self._keyring, sid)
                     if item is not None:
-                        await conn.execute(sql.DELETE_ITEM, {"sid": sid, "seq": seq})
+                        await conn.execute(sql.DELETE_ITEM, {"sid": sid, "seq": row[0]})
                         await conn.execute(sql.TOUCH_SESSION, {"sid": sid, "now": _db_time(now)})
                         return item
                 if len(rows) < window:
@@ -431,22 +462,40 @@ class PostgresBackend:
         rows = await self._fetchall(sql.SELECT_DUMP, {"sid": sid})
         if not rows:
             return None
-        user_id, conversation_id, created_at, last_activity, payloads = rows[0]
-        kept = tuple(text for text in payloads if decode_item(text) is not None)
+        user_id, conversation_id, created_at, last_activity, payloads, columns = rows[0]
+        kept: list[str] = []
+        clear: list[ClearColumns | None] = []
+        for text, (is_user, call_key, answer_key, is_reasoning) in zip(
+            payloads, columns, strict=True
+        ):
+            if is_encrypted(text):  # copied sealed, with its clear columns (it cannot be checked)
+                kept.append(text)
+                clear.append((is_user == "true", call_key, answer_key, is_reasoning == "true"))
+            elif decode_item(text) is not None:
+                kept.append(text)
+                clear.append(None)
         return SessionDump(
             session_id=sid,
             user_id=user_id,
             conversation_id=conversation_id,
             created_at=_utc(created_at).timestamp(),
             last_activity=_utc(last_activity).timestamp(),
-            payloads=kept,
+            payloads=tuple(kept),
             corrupt_rows=len(payloads) - len(kept),
+            clear=tuple(clear) if any(clear) else (),
         )
 
     async def load_session(self, dump: SessionDump) -> None:
         """See ``Backend.load_session``."""
         sid = _check_text(dump.session_id, "session_id")
-        batch = Batch.of([decode_item(text) or {} for text in dump.payloads], dump.payloads)
+        clear = dump.clear or (None,) * len(dump.payloads)
+        batch = Batch.of(
+            [
+                skeleton(columns) if columns is not None else decode_item(text) or {}
+                for text, columns in zip(dump.payloads, clear, strict=True)
+            ],
+            dump.payloads,
+        )
         async with self._transaction() as conn:
             await conn.execute(sql.LOCK_SESSION, {"sid": sid})
             await conn.execute(sql.DELETE_SESSION_ITEMS, {"sid": sid})
@@ -469,8 +518,48 @@ class PostgresBackend:
                     "data": list(dump.payloads),
                     "is_user": batch.is_user,
                     "call_key": batch.call_keys,
+                    "answer_key": batch.answer_keys,
+                    "is_reasoning": batch.is_reasoning,
                 },
             )
+
+    # --- re-encoding rows ---
+
+    async def scan_rows(self, after: tuple[str, int] | None, limit: int) -> list[StoredRow]:
+        """See ``Backend.scan_rows``: in (session id, seq) order."""
+        if after is None:
+            rows = await self._fetchall(sql.SCAN_ROWS_FIRST, {"limit": limit})
+        else:
+            rows = await self._fetchall(
+                sql.SCAN_ROWS_AFTER, {"sid": after[0], "seq": after[1], "limit": limit}
+            )
+        return [
+            StoredRow(
+                session_id=row[0],
+                ref=row[1],
+                data=row[2],
+                clear=(bool(row[3]), row[4], row[5], bool(row[6])),
+            )
+            for row in rows
+        ]
+
+    async def replace_rows(self, changes: Sequence[RowChange]) -> int:
+        """See ``Backend.replace_rows``."""
+        if not changes:
+            return 0
+        params = {
+            "sid": [c.session_id for c in changes],
+            "seq": [c.ref for c in changes],
+            "old": [c.old for c in changes],
+            "new": [c.new for c in changes],
+            "is_user": [c.clear[0] for c in changes],
+            "call_key": [c.clear[1] for c in changes],
+            "answer_key": [c.clear[2] for c in changes],
+            "is_reasoning": [c.clear[3] for c in changes],
+        }
+        async with self._transaction() as conn:
+            cursor = await conn.execute(sql.REPLACE_ROWS, params)
+        return cursor.rowcount
 
     # --- many sessions ---
 
@@ -560,7 +649,8 @@ async def _finish_prune(
     if late == 0 and cut is not None:
         return int(deleted)
     rows = await (await conn.execute(sql.SELECT_ALL_ITEMS, {"sid": sid})).fetchall()
-    items = [decode_item(data) for _, data in rows]
+    # Encrypted rows are never decrypted here: their skeletons classify exactly as they do.
+    items = [pruning_item(row) for row in rows]
     index = cut_index(items, max_items)
     late_at = late_call_index(items[index:])
     late_seq = 0 if late_at is None else rows[index + late_at][0]

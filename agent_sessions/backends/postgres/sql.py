@@ -16,6 +16,7 @@ ITEMS = "agent_sessions_item"
 SCHEMA = "agent_sessions_schema"
 TURN_LOCKS = "agent_sessions_turn_lock"
 FULL_PRUNE_FUNCTION = "agent_sessions_full_prune_needed"
+KEY_NEEDED_FUNCTION = "agent_sessions_key_needed"
 
 # --- transactions ---------------------------------------------------------------------------
 
@@ -90,11 +91,14 @@ FORGET_IF_ANSWERED_LATE = f"""
 # Payloads go in binary format (%(data)b): in text format psycopg escapes every quote and
 # backslash of an array element with a regex in the event loop's thread (1.3 s for 1 MB).
 INSERT_ITEMS = f"""
-    INSERT INTO {ITEMS} (session_id, seq, message_data, is_user, call_key)
-    SELECT s.session_id, s.next_seq - %(n)s + b.ord - 1, b.data, b.is_user, b.call_key
+    INSERT INTO {ITEMS}
+        (session_id, seq, message_data, is_user, call_key, answer_key, is_reasoning)
+    SELECT s.session_id, s.next_seq - %(n)s + b.ord - 1, b.data, b.is_user, b.call_key,
+        b.answer_key, b.is_reasoning
     FROM {SESSIONS} AS s,
-        unnest(%(data)b::text[], %(is_user)s::boolean[], %(call_key)s::text[], %(needs)s::text[])
-            WITH ORDINALITY AS b(data, is_user, call_key, needs, ord)
+        unnest(%(data)b::text[], %(is_user)s::boolean[], %(call_key)s::text[], %(needs)s::text[],
+               %(answer_key)s::text[], %(is_reasoning)s::boolean[])
+            WITH ORDINALITY AS b(data, is_user, call_key, needs, answer_key, is_reasoning, ord)
     WHERE s.session_id = %(sid)s AND (
         b.needs IS NULL OR EXISTS (
             SELECT 1 FROM {ITEMS} AS c WHERE c.session_id = %(sid)s AND c.call_key = b.needs
@@ -142,11 +146,25 @@ DELETE_SESSION = f"DELETE FROM {SESSIONS} WHERE session_id = %(sid)s"
 
 # --- one session: reads ---------------------------------------------------------------------
 
-SELECT_ALL_ITEMS = f"SELECT seq, message_data FROM {ITEMS} WHERE session_id = %(sid)s ORDER BY seq"
+# Rows come with their clear columns (see agent_sessions.encryption): an encrypted row's
+# skeleton for pruning, and the associated data that authenticates it.
+_ROW = "seq, message_data, is_user, call_key, answer_key, is_reasoning"
+SELECT_ALL_ITEMS = f"SELECT {_ROW} FROM {ITEMS} WHERE session_id = %(sid)s ORDER BY seq"
 SELECT_NEWEST_ITEMS = (
-    f"SELECT seq, message_data FROM {ITEMS} WHERE session_id = %(sid)s "
-    "ORDER BY seq DESC LIMIT %(limit)s"
+    f"SELECT {_ROW} FROM {ITEMS} WHERE session_id = %(sid)s ORDER BY seq DESC LIMIT %(limit)s"
 )
+# A write without a key to a session whose newest row before this batch (its seqs start at
+# next_seq - n) is encrypted: refused (it would mix plaintext into it), by raising
+# KEY_NEEDED_SQLSTATE, so the write stays one round trip.
+REFUSE_IF_ENCRYPTED = f"""
+    SELECT CASE WHEN EXISTS (
+        SELECT 1 FROM (
+            SELECT i.message_data FROM {ITEMS} AS i, {SESSIONS} AS s
+            WHERE s.session_id = %(sid)s AND i.session_id = %(sid)s
+                AND i.seq < s.next_seq - %(n)s
+            ORDER BY i.seq DESC LIMIT 1
+        ) AS newest WHERE left(newest.message_data, 5) = 'enc1:'
+    ) THEN {KEY_NEEDED_FUNCTION}() END"""
 SESSION_EXISTS = f"SELECT 1 FROM {SESSIONS} WHERE session_id = %(sid)s"
 SELECT_OWNER = f"SELECT user_id, conversation_id FROM {SESSIONS} WHERE session_id = %(sid)s"
 
@@ -171,7 +189,9 @@ SELECT_DUMP = f"""
     SELECT s.user_id, s.conversation_id,
         s.created_at AT TIME ZONE 'UTC', s.last_activity AT TIME ZONE 'UTC',
         ARRAY(SELECT i.message_data FROM {ITEMS} AS i
-              WHERE i.session_id = s.session_id ORDER BY i.seq)
+              WHERE i.session_id = s.session_id ORDER BY i.seq),
+        ARRAY(SELECT ARRAY[i.is_user::text, i.call_key, i.answer_key, i.is_reasoning::text]
+              FROM {ITEMS} AS i WHERE i.session_id = s.session_id ORDER BY i.seq)
     FROM {SESSIONS} AS s WHERE s.session_id = %(sid)s"""
 # late_call_seq NULL: not known, so the next prune checks the session whole.
 INSERT_DUMPED_SESSION = f"""
@@ -179,10 +199,32 @@ INSERT_DUMPED_SESSION = f"""
         (session_id, user_id, conversation_id, created_at, last_activity, next_seq, late_call_seq)
     VALUES (%(sid)s, %(user)s, %(conv)s, %(created)s, %(active)s, 1 + %(n)s, NULL)"""
 INSERT_DUMPED_ITEMS = f"""
-    INSERT INTO {ITEMS} (session_id, seq, message_data, is_user, call_key)
-    SELECT %(sid)s, b.ord, b.data, b.is_user, b.call_key
-    FROM unnest(%(data)b::text[], %(is_user)s::boolean[], %(call_key)s::text[])
-        WITH ORDINALITY AS b(data, is_user, call_key, ord)"""
+    INSERT INTO {ITEMS}
+        (session_id, seq, message_data, is_user, call_key, answer_key, is_reasoning)
+    SELECT %(sid)s, b.ord, b.data, b.is_user, b.call_key, b.answer_key, b.is_reasoning
+    FROM unnest(%(data)b::text[], %(is_user)s::boolean[], %(call_key)s::text[],
+                %(answer_key)s::text[], %(is_reasoning)s::boolean[])
+        WITH ORDINALITY AS b(data, is_user, call_key, answer_key, is_reasoning, ord)"""
+
+# --- re-encoding rows (rotate-key, encrypt, decrypt) -----------------------------------------
+
+_SCAN = (
+    f"SELECT session_id, seq, message_data, is_user, call_key, answer_key, is_reasoning "
+    f"FROM {ITEMS}"
+)
+SCAN_ROWS_FIRST = f"{_SCAN} ORDER BY session_id, seq LIMIT %(limit)s"
+SCAN_ROWS_AFTER = (
+    f"{_SCAN} WHERE (session_id, seq) > (%(sid)s, %(seq)s) ORDER BY session_id, seq LIMIT %(limit)s"
+)
+# Compare-and-set: a row a writer deleted (pruned) or changed meanwhile is left alone.
+REPLACE_ROWS = f"""
+    UPDATE {ITEMS} AS i SET message_data = c.new, is_user = c.is_user, call_key = c.call_key,
+        answer_key = c.answer_key, is_reasoning = c.is_reasoning
+    FROM unnest(%(sid)s::text[], %(seq)s::bigint[], %(old)b::text[], %(new)b::text[],
+                %(is_user)s::boolean[], %(call_key)s::text[], %(answer_key)s::text[],
+                %(is_reasoning)s::boolean[])
+        AS c(sid, seq, old, new, is_user, call_key, answer_key, is_reasoning)
+    WHERE i.session_id = c.sid AND i.seq = c.seq AND i.message_data = c.old"""
 
 # --- many sessions --------------------------------------------------------------------------
 

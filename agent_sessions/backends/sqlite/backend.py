@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from ...codec import DecodedRows
+from ...encryption import Keyring
 from ...errors import (
     InvalidArgumentError,
     InvalidIdentifierError,
@@ -22,7 +23,7 @@ from ...ids import legacy_owner
 from ...models import SessionStats
 from ...pruning import Item
 from .. import is_url, redact_url
-from ..base import Owner, SessionDump, SessionKey, Totals
+from ..base import Owner, RowChange, SessionDump, SessionKey, StoredRow, Totals
 from . import schema, sql
 from .connection import (
     CHECKPOINT_PASSIVE,
@@ -50,7 +51,14 @@ class SQLiteBackend:
     thread's connection; ``close()`` ends the thread.
     """
 
-    def __init__(self, db_path: object, *, create: bool = True, offload: bool = False) -> None:
+    def __init__(
+        self,
+        db_path: object,
+        *,
+        create: bool = True,
+        offload: bool = False,
+        keyring: Keyring | None = None,
+    ) -> None:
         """Resolve the path; nothing is opened yet (``":memory:"`` excepted).
 
         Args:
@@ -61,6 +69,8 @@ class SQLiteBackend:
             offload: Run every operation in a worker thread of its own rather than in the
                 event loop's thread: for the manager's longer operations (listing, stats,
                 cleanup).
+            keyring: Opens encrypted rows on reads; without one, reads of encrypted rows and
+                writes to a session holding them raise ``EncryptionKeyError``.
 
         Raises:
             InvalidArgumentError: if ``db_path`` is not a path.
@@ -77,6 +87,7 @@ class SQLiteBackend:
         self._offload = offload
         self._memory = Engine(":memory:") if self.path == ":memory:" else None
         self._cleanup_batches = 0
+        self._keyring = keyring
 
     @property
     def location(self) -> str:
@@ -219,11 +230,11 @@ class SQLiteBackend:
 
     async def read_items(self, session_id: str, limit: int | None) -> DecodedRows:
         """See ``Backend.read_items``."""
-        return await self._run(lambda conn: sql.read_items(conn, session_id, limit))
+        return await self._run(lambda conn: sql.read_items(conn, session_id, limit, self._keyring))
 
     async def stored_items(self, session_id: str) -> DecodedRows | None:
         """See ``Backend.stored_items``."""
-        return await self._run(lambda conn: sql.stored_items(conn, session_id))
+        return await self._run(lambda conn: sql.stored_items(conn, session_id, self._keyring))
 
     async def append_items(
         self,
@@ -234,13 +245,19 @@ class SQLiteBackend:
         max_items: int,
     ) -> int:
         """See ``Backend.append_items``."""
+        refuse = self._keyring is None
         return await self._run(
-            lambda conn: sql.append_items(conn, key, items, payloads, now, max_items), write=True
+            lambda conn: sql.append_items(
+                conn, key, items, payloads, now, max_items, refuse_if_encrypted=refuse
+            ),
+            write=True,
         )
 
     async def pop_item(self, session_id: str, now: float) -> Item | None:
         """See ``Backend.pop_item``."""
-        return await self._run(lambda conn: sql.pop_newest(conn, session_id, now), write=True)
+        return await self._run(
+            lambda conn: sql.pop_newest(conn, session_id, now, self._keyring), write=True
+        )
 
     async def delete_session(self, session_id: str) -> int | None:
         """See ``Backend.delete_session``."""
@@ -329,6 +346,17 @@ class SQLiteBackend:
     async def finish_cleanup(self) -> None:
         """Checkpoint the WAL passively: it never blocks readers or writers."""
         await self._run(lambda conn: conn.execute(CHECKPOINT_PASSIVE).close())
+
+    # --- re-encoding rows ---
+
+    async def scan_rows(self, after: tuple[str, int] | None, limit: int) -> list[StoredRow]:
+        """See ``Backend.scan_rows``: in row id order."""
+        start = 0 if after is None else after[1]
+        return await self._run(lambda conn: sql.scan_rows(conn, start, limit))
+
+    async def replace_rows(self, changes: Sequence[RowChange]) -> int:
+        """See ``Backend.replace_rows``."""
+        return await self._run(lambda conn: sql.replace_rows(conn, changes), write=True)
 
     def __repr__(self) -> str:
         return f"SQLiteBackend({self.path!r})"

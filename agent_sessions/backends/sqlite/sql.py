@@ -13,7 +13,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...clock import from_timestamp
-from ...codec import DecodedRows, decode_item, decode_rows
+from ...codec import DecodedRows, decode_item
+from ...encryption import (
+    ClearColumns,
+    Keyring,
+    clear_columns,
+    columns_of,
+    decode_stored,
+    is_encrypted,
+    open_row,
+    pruning_item,
+)
+from ...errors import EncryptionKeyError
 from ...models import SessionStats
 from ...pruning import (
     Item,
@@ -24,7 +35,7 @@ from ...pruning import (
     outputs_needing_stored_calls,
     pairing,
 )
-from ..base import SessionDump, SessionKey, Totals
+from ..base import RowChange, SessionDump, SessionKey, StoredRow, Totals
 from .schema import MESSAGES_TABLE, SESSIONS_TABLE, TURN_LOCKS_TABLE
 
 logger = logging.getLogger("agent_sessions")
@@ -33,13 +44,21 @@ logger = logging.getLogger("agent_sessions")
 
 # message_data is read as bytes (CAST ... AS BLOB) and decoded here: a row that is not valid
 # UTF-8 (a flipped bit) must count as one corrupt row, not fail the fetch of the whole session.
+# Rows come with their clear columns (see agent_sessions.encryption): an encrypted row's
+# skeleton for pruning, and the associated data that authenticates it.
 _DATA = "CAST(message_data AS BLOB)"
-SELECT_ALL_ROWS = f"SELECT id, {_DATA} FROM {MESSAGES_TABLE} WHERE session_id = ? ORDER BY id"
+_ROW = f"id, {_DATA}, is_user, call_key, answer_key, is_reasoning"
+SELECT_ALL_ROWS = f"SELECT {_ROW} FROM {MESSAGES_TABLE} WHERE session_id = ? ORDER BY id"
 SELECT_NEWEST_ROWS = (
-    f"SELECT id, {_DATA} FROM {MESSAGES_TABLE} WHERE session_id = ? ORDER BY id DESC LIMIT ?"
+    f"SELECT {_ROW} FROM {MESSAGES_TABLE} WHERE session_id = ? ORDER BY id DESC LIMIT ?"
 )
 SELECT_ROWS_FROM_OFFSET = (
-    f"SELECT id, {_DATA} FROM {MESSAGES_TABLE} WHERE session_id = ? ORDER BY id LIMIT -1 OFFSET ?"
+    f"SELECT {_ROW} FROM {MESSAGES_TABLE} WHERE session_id = ? ORDER BY id LIMIT -1 OFFSET ?"
+)
+# The newest row's payload prefix, to refuse a write without a key to an encrypted session.
+SELECT_NEWEST_KEY_ID = (
+    f"SELECT substr(message_data, 1, 5) FROM {MESSAGES_TABLE} WHERE session_id = ? "
+    "ORDER BY id DESC LIMIT 1"
 )
 PRUNE_STATE = (
     f"SELECT (SELECT COUNT(*) FROM {MESSAGES_TABLE} WHERE session_id = ?), "
@@ -57,7 +76,11 @@ DELETE_ROWS_BEFORE = f"DELETE FROM {MESSAGES_TABLE} WHERE session_id = ? AND id 
 DELETE_ROW = f"DELETE FROM {MESSAGES_TABLE} WHERE id = ?"
 DELETE_SESSION_ROWS = f"DELETE FROM {MESSAGES_TABLE} WHERE session_id = ?"
 DELETE_SESSION = f"DELETE FROM {SESSIONS_TABLE} WHERE session_id = ?"
-INSERT_ROW = f"INSERT INTO {MESSAGES_TABLE} (session_id, message_data) VALUES (?, ?)"
+INSERT_ROW = (
+    f"INSERT INTO {MESSAGES_TABLE} "
+    "(session_id, message_data, is_user, call_key, answer_key, is_reasoning) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
 UPSERT_SESSION = f"""
     INSERT INTO {SESSIONS_TABLE}
         (session_id, user_id, conversation_id, created_ts, last_activity_ts)
@@ -74,20 +97,23 @@ TOUCH_SESSION = (
 )
 
 
-def read_items(conn: sqlite3.Connection, session_id: str, limit: int | None) -> DecodedRows:
+def read_items(
+    conn: sqlite3.Connection, session_id: str, limit: int | None, keyring: Keyring | None = None
+) -> DecodedRows:
     """Return a session's items in order, oldest first, with the SDK's ``limit`` semantics.
 
     ``None`` or a negative limit reads everything, ``0`` reads nothing, ``n > 0`` reads the
-    newest ``n`` decodable items (the read window widens past corrupt rows).
+    newest ``n`` decodable items (the read window widens past corrupt rows). Encrypted rows
+    are opened with ``keyring`` (see ``encryption.decode_stored`` for what raises).
     """
     if limit is None or limit < 0:
-        return decode_rows(conn.execute(SELECT_ALL_ROWS, (session_id,)))
+        return decode_stored(conn.execute(SELECT_ALL_ROWS, (session_id,)), keyring, session_id)
     if limit == 0:
         return DecodedRows([], [])
     window = limit
     while True:
         rows = conn.execute(SELECT_NEWEST_ROWS, (session_id, window)).fetchall()
-        decoded = decode_rows(reversed(rows))
+        decoded = decode_stored(rows[::-1], keyring, session_id)
         if len(decoded.items) >= limit or len(rows) < window:
             return DecodedRows(decoded.items[-limit:], decoded.corrupt_row_ids)
         window *= 2
@@ -112,16 +138,17 @@ def prune(conn: sqlite3.Connection, session_id: str, max_items: int) -> int:
     if late_call_row == LATE_CALL_NONE:
         window = conn.execute(SELECT_ROWS_FROM_OFFSET, (session_id, count - max_items))
         try:
-            for row_id, data in window:  # stepped lazily: usually only a few rows are read
-                if is_user_message(decode_item(data)):
-                    cut_row_id = row_id
+            for row in window:  # stepped lazily: usually only a few rows are read
+                if is_user_message(pruning_item(row)):
+                    cut_row_id = row[0]
                     break
         finally:
             window.close()
         if cut_row_id is not None:
             return int(conn.execute(DELETE_ROWS_BEFORE, (session_id, cut_row_id)).rowcount)
     rows = conn.execute(SELECT_ALL_ROWS, (session_id,)).fetchall()
-    items = [decode_item(data) for _, data in rows]
+    # Encrypted rows are never decrypted here: their skeletons classify exactly as they do.
+    items = [pruning_item(row) for row in rows]
     cut = cut_index(items, max_items)
     late = late_call_index(items[cut:])
     late_row = LATE_CALL_NONE if late is None else rows[cut + late][0]
@@ -138,10 +165,17 @@ def append_items(
     payloads: Sequence[str],
     now: float,
     max_items: int,
+    *,
+    refuse_if_encrypted: bool = False,
 ) -> int:
     """Record activity, insert encoded items and prune, inside the caller's transaction.
 
-    ``payloads[i]`` is the JSON text of ``items[i]``. A tool output or approval response
+    ``payloads[i]`` is the JSON text of ``items[i]``, or that text sealed (see
+    ``encryption``); the clear columns are stored either way. With ``refuse_if_encrypted``
+    (a session without a key), a session whose newest row is encrypted raises
+    ``EncryptionKeyError`` and nothing is written: plaintext must not be mixed into it.
+
+    A tool output or approval response
     whose call is neither earlier in the batch nor stored is not inserted: that happens when
     an approval is answered so late that pruning already removed its call, and storing it
     would leave an output the model rejects. It is logged as a warning.
@@ -149,6 +183,10 @@ def append_items(
     Returns:
         The number of rows pruned.
     """
+    if refuse_if_encrypted:
+        newest = conn.execute(SELECT_NEWEST_KEY_ID, (key.session_id,)).fetchone()
+        if newest is not None and is_encrypted(newest[0]):
+            raise EncryptionKeyError(key.session_id, [], [], writing=True)
     conn.execute(UPSERT_SESSION, (key.session_id, key.user_id, key.conversation_id, now, now))
     rows = list(zip(items, payloads, strict=True))
     # A call answered after a later user message (in this batch, or stored and answered
@@ -172,7 +210,10 @@ def append_items(
         stored_calls, answered_after_stored_user = found.call_rows, found.answered_after_user
     if answered_after_stored_user or answers_late(items, stored_calls):
         conn.execute(FORGET_LATE_CALL_ROW, (key.session_id,))
-    conn.executemany(INSERT_ROW, [(key.session_id, payload) for _, payload in rows])
+    conn.executemany(
+        INSERT_ROW,
+        [(key.session_id, payload, *clear_columns(item)) for item, payload in rows],
+    )
     return prune(conn, key.session_id, max_items)
 
 
@@ -191,8 +232,9 @@ def _find_stored_calls(conn: sqlite3.Connection, session_id: str, keys: set[str]
     user_after = False
     cursor = conn.execute(SELECT_NEWEST_ROWS, (session_id, -1))
     try:
-        for row_id, data in cursor:
-            item = decode_item(data)
+        for row in cursor:
+            row_id = row[0]
+            item = pruning_item(row)
             if is_user_message(item):
                 user_after = True
             half = pairing(item)
@@ -221,15 +263,21 @@ def session_owner(
     return None if row is None else (row[0], row[1])
 
 
-def pop_newest(conn: sqlite3.Connection, session_id: str, now: float) -> Item | None:
-    """Delete and return the newest decodable item; corrupt rows are skipped, not deleted."""
+def pop_newest(
+    conn: sqlite3.Connection, session_id: str, now: float, keyring: Keyring | None = None
+) -> Item | None:
+    """Delete and return the newest decodable item; corrupt rows are skipped, not deleted.
+
+    Raises:
+        EncryptionKeyError: if the newest row is encrypted with a key ``keyring`` lacks.
+    """
     window = 1
     while True:
         rows = conn.execute(SELECT_NEWEST_ROWS, (session_id, window)).fetchall()
-        for row_id, data in rows:
-            item = decode_item(data)
+        for row in rows:
+            item = open_row(row, keyring, session_id)
             if item is not None:
-                conn.execute(DELETE_ROW, (row_id,))
+                conn.execute(DELETE_ROW, (row[0],))
                 conn.execute(TOUCH_SESSION, (now, session_id))
                 return item
         if len(rows) < window:
@@ -248,11 +296,13 @@ def delete_session(conn: sqlite3.Connection, session_id: str) -> int | None:
     return int(deleted) if deleted or existed else None
 
 
-def stored_items(conn: sqlite3.Connection, session_id: str) -> DecodedRows | None:
+def stored_items(
+    conn: sqlite3.Connection, session_id: str, keyring: Keyring | None = None
+) -> DecodedRows | None:
     """All of a session's items, or ``None`` if no session row has this id."""
     if not session_exists(conn, session_id):
         return None
-    return decode_rows(conn.execute(SELECT_ALL_ROWS, (session_id,)))
+    return decode_stored(conn.execute(SELECT_ALL_ROWS, (session_id,)), keyring, session_id)
 
 
 def prune_session(conn: sqlite3.Connection, session_id: str, max_items: int) -> int | None:
@@ -311,12 +361,18 @@ def dump_session(conn: sqlite3.Connection, session_id: str) -> SessionDump | Non
         return None
     _, user_id, conversation_id, created_ts, last_activity_ts = row
     payloads: list[str] = []
+    clear: list[ClearColumns | None] = []
     corrupt = 0
-    for _, data in conn.execute(SELECT_ALL_ROWS, (session_id,)):  # bytes: CAST AS BLOB
-        if decode_item(data) is None:
+    for row in conn.execute(SELECT_ALL_ROWS, (session_id,)):  # bytes: CAST AS BLOB
+        data = row[1]
+        if is_encrypted(data):  # copied sealed, with its clear columns (it cannot be checked)
+            payloads.append(data.decode("ascii", "replace"))
+            clear.append(columns_of(row))
+        elif decode_item(data) is None:
             corrupt += 1
         else:
             payloads.append(data.decode("utf-8"))  # valid: it decoded
+            clear.append(None)
     return SessionDump(
         session_id=session_id,
         user_id=user_id,
@@ -325,6 +381,7 @@ def dump_session(conn: sqlite3.Connection, session_id: str) -> SessionDump | Non
         last_activity=float(last_activity_ts if last_activity_ts is not None else 0.0),
         payloads=tuple(payloads),
         corrupt_rows=corrupt,
+        clear=tuple(clear) if any(clear) else (),
     )
 
 
@@ -351,7 +408,14 @@ def load_session(conn: sqlite3.Connection, dump: SessionDump) -> None:
             dump.last_activity,
         ),
     )
-    conn.executemany(INSERT_ROW, [(dump.session_id, payload) for payload in dump.payloads])
+    clear = dump.clear or (None,) * len(dump.payloads)
+    conn.executemany(
+        INSERT_ROW,
+        [
+            (dump.session_id, payload, *(columns or clear_columns(decode_item(payload) or {})))
+            for payload, columns in zip(dump.payloads, clear, strict=True)
+        ],
+    )
 
 
 # --- many sessions ---------------------------------------------------------------------
@@ -385,13 +449,19 @@ SELECT_IDLE_BATCH = (
 
 def _stats(conn: sqlite3.Connection, row: Sequence[Any]) -> SessionStats:
     session_id, user_id, conversation_id, created_ts, last_activity_ts = row
-    decoded = decode_rows(conn.execute(SELECT_ALL_ROWS, (session_id,)))
+    # Encrypted rows are counted as items without a key (they cannot be checked without one).
+    items = corrupt = 0
+    for row in conn.execute(SELECT_ALL_ROWS, (session_id,)):
+        if is_encrypted(row[1]) or decode_item(row[1]) is not None:
+            items += 1
+        else:
+            corrupt += 1
     return SessionStats(
         session_id=session_id,
         user_id=user_id,
         conversation_id=conversation_id,
-        message_count=len(decoded.items),
-        corrupt_items=len(decoded.corrupt_row_ids),
+        message_count=items,
+        corrupt_items=corrupt,
         created_at=from_timestamp(created_ts if created_ts is not None else 0.0),
         last_activity=from_timestamp(last_activity_ts if last_activity_ts is not None else 0.0),
     )
@@ -459,3 +529,40 @@ def delete_idle_batch(conn: sqlite3.Connection, cutoff: float, batch_size: int) 
     conn.execute(f"DELETE FROM {TURN_LOCKS_TABLE} WHERE session_id IN ({marks})", ids)
     deleted = conn.execute(f"DELETE FROM {SESSIONS_TABLE} WHERE session_id IN ({marks})", ids)
     return int(deleted.rowcount)
+
+
+# --- re-encoding rows (rotate-key, encrypt, decrypt) ----------------------------------------
+
+SCAN_ROWS = (
+    f"SELECT session_id, id, message_data, is_user, call_key, answer_key, is_reasoning "
+    f"FROM {MESSAGES_TABLE} WHERE id > ? ORDER BY id LIMIT ?"
+)
+# Compare-and-set: a row a writer deleted (pruned) or changed meanwhile is left alone.
+REPLACE_ROW = (
+    f"UPDATE {MESSAGES_TABLE} SET message_data = ?, is_user = ?, call_key = ?, "
+    "answer_key = ?, is_reasoning = ? WHERE id = ? AND message_data = ?"
+)
+
+
+def scan_rows(conn: sqlite3.Connection, after: int, limit: int) -> list[StoredRow]:
+    """Up to ``limit`` rows with an id above ``after``, in id order."""
+    rows = conn.execute(SCAN_ROWS, (after, limit)).fetchall()
+    return [
+        StoredRow(
+            session_id=row[0],
+            ref=row[1],
+            data=row[2] if isinstance(row[2], str) else bytes(row[2]).decode("utf-8", "replace"),
+            clear=(bool(row[3]), row[4], row[5], bool(row[6])),
+        )
+        for row in rows
+    ]
+
+
+def replace_rows(conn: sqlite3.Connection, changes: Sequence[RowChange]) -> int:
+    """Apply ``changes`` where the row still holds their ``old`` payload; inside a write."""
+    changed = 0
+    for change in changes:
+        changed += conn.execute(
+            REPLACE_ROW, (change.new, *change.clear, change.ref, change.old)
+        ).rowcount
+    return changed
