@@ -76,7 +76,9 @@ DELETE_ROWS_BEFORE = f"DELETE FROM {MESSAGES_TABLE} WHERE session_id = ? AND id 
 DELETE_ROW = f"DELETE FROM {MESSAGES_TABLE} WHERE id = ?"
 DELETE_SESSION_ROWS = f"DELETE FROM {MESSAGES_TABLE} WHERE session_id = ?"
 DELETE_SESSION = f"DELETE FROM {SESSIONS_TABLE} WHERE session_id = ?"
-INSERT_ROW = (
+INSERT_ROW = f"INSERT INTO {MESSAGES_TABLE} (session_id, message_data) VALUES (?, ?)"
+"""A plain row without its clear columns (they read as NULL: pruning decodes the payload)."""
+INSERT_ITEM_ROW = (
     f"INSERT INTO {MESSAGES_TABLE} "
     "(session_id, message_data, is_user, call_key, answer_key, is_reasoning) "
     "VALUES (?, ?, ?, ?, ?, ?)"
@@ -211,7 +213,7 @@ def append_items(
     if answered_after_stored_user or answers_late(items, stored_calls):
         conn.execute(FORGET_LATE_CALL_ROW, (key.session_id,))
     conn.executemany(
-        INSERT_ROW,
+        INSERT_ITEM_ROW,
         [(key.session_id, payload, *clear_columns(item)) for item, payload in rows],
     )
     return prune(conn, key.session_id, max_items)
@@ -410,7 +412,7 @@ def load_session(conn: sqlite3.Connection, dump: SessionDump) -> None:
     )
     clear = dump.clear or (None,) * len(dump.payloads)
     conn.executemany(
-        INSERT_ROW,
+        INSERT_ITEM_ROW,
         [
             (dump.session_id, payload, *(columns or clear_columns(decode_item(payload) or {})))
             for payload, columns in zip(dump.payloads, clear, strict=True)
