@@ -83,7 +83,7 @@ def key_id(key: bytes) -> str:
 def _key_bytes(text: str, position: int) -> bytes:
     # The key itself never appears in a message: only its position in the list.
     try:
-        raw = base64.urlsafe_b64decode(text.strip().encode("ascii"))
+        raw = base64.b64decode(text.strip().encode("ascii"), altchars=b"-_", validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError):
         raw = b""
     if len(raw) != KEY_BYTES:
