@@ -444,7 +444,9 @@ async def test_a_version_3_database_gets_turn_locks(tmp_path: Path) -> None:
     )
     with AgentSession("ada", "c1", db_path=path) as session:
         assert await session.get_items() == [user("before the upgrade")]
-    assert query(path, "SELECT MAX(version) FROM agent_sessions_schema") == [(4,)]
+    assert query(path, "SELECT MAX(version) FROM agent_sessions_schema") == [
+        (schema.LATEST_VERSION,)
+    ]
     with closing(schema.connect(path)) as conn, connection.write_transaction(conn):
         assert sql.take_turn_lock(conn, "user_ada_conv_c1", "me", 1.0, 31.0)
         assert not sql.take_turn_lock(conn, "user_ada_conv_c1", "other", 30.0, 60.0)

@@ -102,9 +102,10 @@ def test_generated_keys_are_32_random_bytes_in_urlsafe_base64() -> None:
 
 def test_keys_newest_first_from_a_comma_separated_string() -> None:
     keyring = Keyring(f" {KEY} , {OTHER} ")
-    assert keyring.key_ids == (key_id(base64.urlsafe_b64decode(KEY)), key_id(
-        base64.urlsafe_b64decode(OTHER)
-    ))
+    assert keyring.key_ids == (
+        key_id(base64.urlsafe_b64decode(KEY)),
+        key_id(base64.urlsafe_b64decode(OTHER)),
+    )
     assert keyring.write_key_id == keyring.key_ids[0]
     assert Keyring([KEY, OTHER]).key_ids == keyring.key_ids
 
@@ -120,10 +121,12 @@ def test_bad_keys_are_refused_without_echoing_them(value: str) -> None:
 
 def test_a_keyring_never_shows_its_keys() -> None:
     keyring = Keyring(f"{KEY},{OTHER}")
-    assert KEY not in repr(keyring) and OTHER not in repr(keyring)
+    assert KEY not in repr(keyring)
+    assert OTHER not in repr(keyring)
     assert keyring.key_ids[0] in repr(keyring)
     session = AgentSession("u", "c", db_path=":memory:", encryption_key=KEY)
-    assert KEY not in repr(session) and KEY not in repr(vars(session))
+    assert KEY not in repr(session)
+    assert KEY not in repr(vars(session))
     session.close()
 
 
@@ -131,7 +134,8 @@ def test_the_setting_is_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AGENT_SESSION_ENCRYPTION_KEY", f"{KEY},{OTHER}")
     loaded = load_settings()
     assert loaded.encryption_key is not None
-    assert KEY not in repr(loaded) and KEY not in str(loaded.model_dump())
+    assert KEY not in repr(loaded)
+    assert KEY not in str(loaded.model_dump())
     assert Keyring(loaded.encryption_key).key_ids == Keyring(f"{KEY},{OTHER}").key_ids
     monkeypatch.setenv("AGENT_SESSION_ENCRYPTION_KEY", f"{KEY[:-2]}")
     with pytest.raises(ConfigurationError, match="ENCRYPTION_KEY") as caught:
@@ -149,7 +153,8 @@ def test_a_sealed_item_opens_only_in_its_session_with_its_columns() -> None:
     item = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}
     columns = clear_columns(item)
     sealed = keyring.seal_item("s1", '{"secret": 1}', columns)
-    assert is_encrypted(sealed) and "secret" not in sealed
+    assert is_encrypted(sealed)
+    assert "secret" not in sealed
     assert keyring.seal_item("s1", '{"secret": 1}', columns) != sealed  # a fresh nonce
     assert keyring.open_item("s1", sealed, columns) == '{"secret": 1}'
     with pytest.raises(EncryptionKeyError, match="s2"):
@@ -172,9 +177,12 @@ def test_text_fields_are_bound_to_their_session_and_context() -> None:
 
 
 def test_plaintext_first_writes_plain_and_reads_sealed_rows() -> None:
-    sealed = Keyring(KEY).seal_item("s", '{"role": "user", "content": "x"}', (True, None, None, False))
+    sealed = Keyring(KEY).seal_item(
+        "s", '{"role": "user", "content": "x"}', (True, None, None, False)
+    )
     keyring = Keyring(f"{PLAINTEXT},{KEY}")
-    assert keyring.writes_plaintext and "plaintext" in repr(keyring)
+    assert keyring.writes_plaintext
+    assert "plaintext" in repr(keyring)
     assert keyring.seal_item("s", "{}", (False, None, None, False)) == "{}"
     rows = [(1, sealed, True, None, None, False), (2, '{"a": 1}', None, None, None, None)]
     assert decode_stored(rows, keyring, "s").items == [{"role": "user", "content": "x"}, {"a": 1}]
@@ -187,7 +195,8 @@ def test_reads_fail_closed_but_skip_a_single_bad_row() -> None:
     tampered = good[1][1][:-6] + ("AAAA==" if not good[1][1].endswith("AAAA==") else "BBBB==")
     rows = [good[0], (1, tampered, *clear), good[2]]
     decoded = decode_stored(rows, keyring, "s")
-    assert decoded.items == [{"n": 0}, {"n": 2}] and decoded.corrupt_row_ids == [1]
+    assert decoded.items == [{"n": 0}, {"n": 2}]
+    assert decoded.corrupt_row_ids == [1]
     for wrong in (None, Keyring(OTHER)):
         with pytest.raises(EncryptionKeyError, match="'s'"):
             decode_stored(good, wrong, "s")
@@ -200,10 +209,12 @@ async def test_sdk_envelopes_are_warned_about_once_per_session(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     envelope = {"__enc__": 1, "v": 1, "kid": "hkdf-v1", "payload": "gAAAA..."}
-    with caplog.at_level(logging.WARNING, logger="agent_sessions"):
-        with AgentSession("u", "c", db_path=":memory:") as session:
-            await session.add_items([envelope, envelope])  # type: ignore[list-item]
-            await session.add_items([envelope])  # type: ignore[list-item]
+    with (
+        caplog.at_level(logging.WARNING, logger="agent_sessions"),
+        AgentSession("u", "c", db_path=":memory:") as session,
+    ):
+        await session.add_items([envelope, envelope])  # type: ignore[list-item]
+        await session.add_items([envelope])  # type: ignore[list-item]
     warnings = [r for r in caplog.records if "EncryptedSession" in r.getMessage()]
     assert len(warnings) == 1
     assert "encryption_key=" in warnings[0].getMessage()
