@@ -6,10 +6,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .backends import close_server_pools
+from .encryption import Keyring, generate_key
 from .errors import (
     AgentSessionsError,
     ConfigurationError,
     CorruptDatabaseError,
+    EncryptionKeyError,
     EventLoopMismatchError,
     InvalidArgumentError,
     InvalidIdentifierError,
@@ -50,11 +52,13 @@ __all__ = [
     "ConfigurationError",
     "ConversationExport",
     "CorruptDatabaseError",
+    "EncryptionKeyError",
     "EventLoopMismatchError",
     "HealthReport",
     "InvalidArgumentError",
     "InvalidIdentifierError",
     "InvalidItemError",
+    "Keyring",
     "PostgresSession",
     "SchedulerError",
     "SearchHit",
@@ -72,6 +76,7 @@ __all__ = [
     "TurnLockTimeoutError",
     "__version__",
     "close_server_pools",
+    "generate_key",
     "get_agent_session",
     "get_session_id",
     "get_settings",

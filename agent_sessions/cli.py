@@ -37,6 +37,7 @@ from .exporting import (
 from .ids import MAX_COUNT
 from .manager import SessionManager
 from .models import SearchHit, SessionStats, SweepRecord
+from .rekeying import RekeyReport
 from .settings import MAX_RETENTION_DAYS, AgentSessionSettings, load_settings, pool_options
 
 EXIT_OK = 0
@@ -199,7 +200,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="the database to copy into (created if needed)",
     )
     copy.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    commands.add_parser(
+        "generate-key", help="print a new random encryption key (for AGENT_SESSION_ENCRYPTION_KEY)"
+    )
+    for name, text in (
+        ("rotate-key", "re-encrypt every item with the newest key (live, resumable, verified)"),
+        ("encrypt", "encrypt every plaintext item in place (live, resumable, verified)"),
+        ("decrypt", "write every encrypted item back in plaintext (live, resumable, verified)"),
+    ):
+        rekey = commands.add_parser(
+            name, help=text, description=f"{text[0].upper()}{text[1:]}. {_KEYS_FROM_ENV}"
+        )
+        rekey.add_argument(
+            "--batch-size",
+            type=_integer(1, 10_000),
+            default=200,
+            help="items per transaction (200)",
+        )
+        rekey.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
+
+
+_KEYS_FROM_ENV = (
+    "Keys are read from AGENT_SESSION_ENCRYPTION_KEY (newest first, comma-separated), never "
+    "from the command line, where other users could see them."
+)
 
 
 # --- output ---------------------------------------------------------------------------------
@@ -592,6 +618,61 @@ async def _copy(settings: AgentSessionSettings, args: argparse.Namespace, out: T
     return EXIT_OK if not report.mismatched else EXIT_FAILURE
 
 
+async def _rekey(settings: AgentSessionSettings, args: argparse.Namespace, out: TextIO) -> int:
+    from .encryption import keyring_for
+    from .errors import ConfigurationError
+    from .rekeying import reencode_all
+
+    keyring = keyring_for(settings.encryption_key)
+    if keyring is None:
+        raise ConfigurationError(
+            f"{args.command} needs AGENT_SESSION_ENCRYPTION_KEY (the keys, newest first)"
+        )
+    backend = open_backend(
+        settings.database, create=False, offload=True, pool=pool_options(settings), keyring=keyring
+    )
+
+    def progress(report: RekeyReport) -> None:
+        if report.scanned % 10_000 < args.batch_size:
+            print(
+                f"agent-sessions: {args.command}: {report.scanned} item(s) so far", file=sys.stderr
+            )
+
+    try:
+        await backend.open()
+        report = await reencode_all(
+            backend,
+            keyring,
+            target="plaintext" if args.command == "decrypt" else "newest",
+            batch_size=args.batch_size,
+            progress=progress,
+        )
+    finally:
+        await backend.close()
+    summary = {
+        "database": report.location,
+        "target": report.target,
+        "items_scanned": report.scanned,
+        "items_changed": report.changed,
+        "items_already_done": report.already,
+        "items_changed_meanwhile": report.raced,
+        "items_with_unknown_key": report.unknown_key,
+        "items_unreadable": report.unreadable,
+        "items_remaining": report.remaining,
+        "verified": report.verified,
+    }
+    if args.json:
+        out.write(json.dumps(summary, indent=2) + "\n")
+    else:
+        _fields(summary, out)
+        if not report.verified:
+            out.write(
+                "some items are not done yet (written meanwhile with an older key, or "
+                "unreadable): run it again once every app process has the new key\n"
+            )
+    return EXIT_OK if report.verified else EXIT_FAILURE
+
+
 async def _run(settings: AgentSessionSettings, args: argparse.Namespace, out: TextIO) -> int:
     try:
         return await _run_command(settings, args, out)
@@ -606,6 +687,13 @@ async def _run_command(
         return await _migrate(settings, out)
     if args.command == "copy":
         return await _copy(settings, args, out)
+    if args.command == "generate-key":
+        from .encryption import generate_key
+
+        out.write(generate_key() + "\n")
+        return EXIT_OK
+    if args.command in ("rotate-key", "encrypt", "decrypt"):
+        return await _rekey(settings, args, out)
     if args.command == "daemon":
         from .scheduler import run_daemon  # APScheduler is only needed here
 

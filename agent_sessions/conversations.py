@@ -13,10 +13,11 @@ import json
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .backends.base import ListPosition
-from .errors import InvalidArgumentError
+from .encryption import is_encrypted, stored_key_id
+from .errors import EncryptionKeyError, InvalidArgumentError
 from .pruning import Item
 from .text import item_text
 
@@ -28,6 +29,12 @@ MAX_TITLE_LENGTH = 200
 
 MAX_METADATA_BYTES = 4096
 """Largest metadata object an app may set, as compact UTF-8 JSON."""
+
+if TYPE_CHECKING:
+    from .encryption import Keyring
+
+FieldName = Literal["title", "metadata"]
+"""A session field an encrypted session keeps sealed (bound into its encryption)."""
 
 _SPACE = re.compile(r"\s+")
 _CURSOR_VERSION = 1
@@ -158,3 +165,42 @@ def decode_cursor(cursor: object) -> ListPosition:
     ):
         raise InvalidArgumentError("cursor is not a cursor from list_sessions")
     return ListPosition(activity=activity, session_id=session_id)
+
+
+# --- titles and metadata of encrypted sessions -------------------------------------------------
+
+
+def seal_field(
+    keyring: Keyring | None, session_id: str, value: str | None, context: FieldName
+) -> str | None:
+    """``value`` as stored: encrypted when ``keyring`` encrypts writes, else as it is."""
+    if value is None or keyring is None or keyring.writes_plaintext:
+        return value
+    return keyring.encrypt_text(session_id, value, context=context)
+
+
+def open_field(
+    keyring: Keyring | None,
+    session_id: str,
+    stored: str | None,
+    context: FieldName,
+    *,
+    strict: bool,
+) -> str | None:
+    """A stored title or metadata text, decrypted where it was encrypted.
+
+    Without the key that sealed it, ``None`` in listings (``strict=False``: they need no key);
+    with ``strict``, ``EncryptionKeyError`` names the session, as reading its items does.
+    """
+    if stored is None or not is_encrypted(stored):
+        return stored
+    if keyring is None:
+        if strict:
+            raise EncryptionKeyError(session_id, [stored_key_id(stored) or "?"], [])
+        return None
+    try:
+        return keyring.decrypt_text(session_id, stored, context=context)
+    except EncryptionKeyError:
+        if strict:
+            raise
+        return None

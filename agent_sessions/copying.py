@@ -17,7 +17,10 @@ from .errors import InvalidArgumentError
 
 
 def checksum(dump: SessionDump) -> str:
-    """SHA-256 of a session's owner, times and stored items (length-prefixed, in order)."""
+    """SHA-256 of a session's owner, times and stored items (length-prefixed, in order).
+
+    With encrypted items, their clear columns too.
+    """
     digest = hashlib.sha256()
     head = (
         dump.session_id,
@@ -26,7 +29,9 @@ def checksum(dump: SessionDump) -> str:
         dump.created_at,
         dump.last_activity,
     )
-    for part in (*map(repr, head), *dump.payloads):
+    # An encrypted payload's clear columns are part of it (they authenticate it).
+    clear = [repr(columns) for columns in dump.clear]
+    for part in (*map(repr, head), *dump.payloads, *clear):
         data = part.encode("utf-8", "surrogatepass")
         digest.update(len(data).to_bytes(8, "big"))
         digest.update(data)

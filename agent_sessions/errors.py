@@ -14,6 +14,7 @@ Every error the library raises on purpose derives from one base, so an app can c
     ├── EventLoopMismatchError    (also RuntimeError) a manager used by two running loops
     ├── TurnLockTimeoutError      (also TimeoutError) another run held the session's turn lock
     ├── SearchUnavailableError    (also RuntimeError) search is off (search_index=False)
+    ├── EncryptionKeyError                           a session's rows need a key not configured
     └── StorageError                                 the database failed
         ├── StorageUnavailableError                  the file cannot be opened or written
         ├── StorageBusyError                         the database stayed locked too long
@@ -95,6 +96,39 @@ class SearchUnavailableError(AgentSessionsError, RuntimeError):
     Nothing is indexed while it is off, so a search could not find what was written then.
     Enable it (``AGENT_SESSION_SEARCH_INDEX=true``) to index messages written from then on.
     """
+
+
+class EncryptionKeyError(AgentSessionsError):
+    """A session's stored items are encrypted with a key that is not configured (or none is).
+
+    Raised by reads (nothing garbled is ever returned) and by a write without a key to a
+    session holding encrypted items (nothing is written). Names the session and the key ids
+    involved, never a key.
+    """
+
+    def __init__(
+        self, session_id: str, needed: list[str], configured: list[str], *, writing: bool = False
+    ) -> None:
+        given = (
+            f"the configured key ids are {', '.join(configured)}"
+            if configured
+            else "no encryption key is configured (encryption_key= or AGENT_SESSION_ENCRYPTION_KEY)"
+        )
+        if writing:
+            message = (
+                f"session {session_id!r} holds encrypted items and {given}: nothing was "
+                "written (plaintext is not mixed into an encrypted session)"
+            )
+        else:
+            ids = ", ".join(needed) or "?"
+            message = (
+                f"session {session_id!r} holds items encrypted with key id {ids} that "
+                f"cannot be decrypted: {given}"
+            )
+        super().__init__(message)
+        self.session_id = session_id
+        self.needed_key_ids = needed
+        self.configured_key_ids = configured
 
 
 class StorageError(AgentSessionsError):

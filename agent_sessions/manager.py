@@ -8,7 +8,7 @@ import math
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
@@ -26,8 +26,15 @@ from .clock import (
     to_timestamp,
     utc_now,
 )
-from .conversations import decode_cursor, encode_cursor, encode_metadata, validate_title
+from .conversations import (
+    decode_cursor,
+    encode_cursor,
+    encode_metadata,
+    seal_field,
+    validate_title,
+)
 from .durations import parse_duration
+from .encryption import Keyring, keyring_for
 from .errors import (
     EventLoopMismatchError,
     InvalidArgumentError,
@@ -52,6 +59,7 @@ from .settings import (
     pool_options,
     resolve_database,
     resolve_setting,
+    search_enabled,
 )
 
 logger = logging.getLogger("agent_sessions")
@@ -135,6 +143,7 @@ class SessionManager:
         create: bool = True,
         warn_average_items: float | None = None,
         warn_active_sessions: int | None = None,
+        encryption_key: str | bytes | Sequence[str | bytes] | Keyring | None = None,
     ) -> None:
         """Configure the manager; nothing is opened yet.
 
@@ -156,6 +165,8 @@ class SessionManager:
             warn_average_items: ``health()`` warns (once per process) when the average
                 items per session is above it; defaults to settings (unset: never).
             warn_active_sessions: The same for the sessions active within retention.
+            encryption_key: Opens encrypted items (``get_items``); defaults to the settings'
+                ``encryption_key``. Listing and counting need no key.
 
         Raises:
             InvalidArgumentError: if a number is not a positive integer, or ``db_path`` is not
@@ -189,13 +200,16 @@ class SessionManager:
         self.warn_active_sessions = (
             None if active is None else positive_int(active, "warn_active_sessions")
         )
-        self.search_index: bool = resolve_setting(None, "search_index", settings)
+        self._keyring = keyring_for(resolve_setting(encryption_key, "encryption_key", settings))
+        self._search_wanted = bool(resolve_setting(None, "search_index", settings))
+        self.search_index: bool = search_enabled(None, self._keyring, settings)
         self._backend: Backend = open_backend(
             target,
             create=create,
             offload=True,
             pool=pool_options(settings),
             search_index=self.search_index,
+            keyring=self._keyring,
         )
         self.db_path = self._backend.location
         # Kept for the scheduler, which takes the schedule (hour, minute, zone) from them.
@@ -397,7 +411,9 @@ class SessionManager:
             SessionNotFoundError: if no session has that id, or it has expired.
             InvalidArgumentError: if the title is blank, too long or holds control characters.
         """
-        await self._set_fields(session_id, title=validate_title(title))
+        session_id = _session_id(session_id)
+        sealed = seal_field(self._keyring, session_id, validate_title(title), "title")
+        await self._set_fields(session_id, title=sealed)
 
     async def set_metadata(self, session_id: str, metadata: dict[str, Any]) -> None:
         """Replace a conversation's metadata object.
@@ -407,7 +423,11 @@ class SessionManager:
             InvalidArgumentError: if it is not a JSON-serialisable dict with str keys, or is
                 larger than ``MAX_METADATA_BYTES`` as JSON.
         """
-        await self._set_fields(session_id, metadata=encode_metadata(metadata))
+        session_id = _session_id(session_id)
+        text = encode_metadata(metadata)
+        await self._set_fields(
+            session_id, metadata=seal_field(self._keyring, session_id, text, "metadata")
+        )
 
     async def _set_fields(
         self, session_id: str, *, title: object = UNCHANGED, metadata: object = UNCHANGED
@@ -524,6 +544,13 @@ class SessionManager:
         terms = query_words(query)
         if not terms:
             raise InvalidArgumentError(f"query has no words to search for: {query[:100]!r}")
+        if not self.search_index and self._search_wanted:
+            raise SearchUnavailableError(
+                "search is off because items are encrypted: full-text search cannot index "
+                "ciphertext. To search anyway, set AGENT_SESSION_SEARCH_PLAINTEXT_INDEX=true in "
+                "every app that writes sessions: message text is then kept in clear in the "
+                "search index (see the README's Encryption at rest)"
+            )
         if not self.search_index:
             raise SearchUnavailableError(
                 "search is off for this database: messages are not indexed while "

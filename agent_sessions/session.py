@@ -8,7 +8,7 @@ import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
@@ -25,8 +25,16 @@ from .backends.base import UNCHANGED, Backend, SessionKey
 from .backends.sqlite import SQLiteBackend
 from .backends.sqlite.schema import MESSAGES_TABLE, SESSIONS_TABLE
 from .clock import Clock, cutoff_before, now_timestamp, to_timestamp, utc_now
-from .conversations import decode_metadata, default_title, encode_metadata, validate_title
+from .conversations import (
+    decode_metadata,
+    default_title,
+    encode_metadata,
+    open_field,
+    seal_field,
+    validate_title,
+)
 from .durations import parse_duration
+from .encryption import Keyring, keyring_for, looks_like_sdk_envelope
 from .errors import (
     AgentSessionsError,
     InvalidArgumentError,
@@ -36,7 +44,13 @@ from .errors import (
     TurnLockTimeoutError,
 )
 from .ids import get_session_id, normalize_identifier, optional_limit, positive_int, seconds
-from .settings import AgentSessionSettings, pool_options, resolve_database, resolve_setting
+from .settings import (
+    AgentSessionSettings,
+    pool_options,
+    resolve_database,
+    resolve_setting,
+    search_enabled,
+)
 
 logger = logging.getLogger("agent_sessions")
 
@@ -55,7 +69,7 @@ class BoundedSessionMixin:
     """The session protocol over a ``Backend``: what every session class of ours shares.
 
     A subclass sets ``session_id``, ``max_messages``, ``retention``, ``session_settings``,
-    ``_backend``, ``_key``, ``_clock`` and ``_closed``.
+    ``_backend``, ``_key``, ``_clock``, ``_closed`` and (to encrypt) ``_keyring``.
     """
 
     session_id: str
@@ -66,15 +80,23 @@ class BoundedSessionMixin:
     _key: SessionKey
     _clock: Clock
     _closed: bool
+    _keyring: Keyring | None = None
+    _warned_of_envelopes = False
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether new items are encrypted at rest (an ``encryption_key`` is configured)."""
+        return self._keyring is not None and not self._keyring.writes_plaintext
 
     async def get_items(self, limit: int | None = None) -> list[TResponseInputItem]:
         """Return the history, oldest first; with ``limit``, only the newest ``limit`` items.
 
-        Rows that cannot be decoded as items are skipped and logged. As in the SDK, ``None``
-        or a negative limit reads everything.
+        Rows that cannot be decoded as items are skipped and logged, as are encrypted rows
+        that fail authentication. As in the SDK, ``None`` or a negative limit reads everything.
 
         Raises:
             InvalidArgumentError: if ``limit`` is neither ``None`` nor an int.
+            EncryptionKeyError: if items are encrypted with a key not configured (or none is).
         """
         session_limit = optional_limit(resolve_session_limit(limit, self.session_settings))
         backend = self._open_backend()
@@ -101,6 +123,8 @@ class BoundedSessionMixin:
                 exception: a PostgreSQL connection lost while the COMMIT is under way
                 (``StorageUnavailableError``) cannot tell whether it was applied; the batch
                 is then stored whole or not at all, so do not retry it blindly.
+            EncryptionKeyError: without a key, if the session holds encrypted items; nothing
+                is written (plaintext is never mixed into an encrypted session).
         """
         backend = self._open_backend()
         if not items:
@@ -108,6 +132,16 @@ class BoundedSessionMixin:
         if not isinstance(items, list):
             items = _as_item_list(items)
         payloads = codec.encode_items(items)
+        if not self._warned_of_envelopes and any(map(looks_like_sdk_envelope, items)):
+            self._warned_of_envelopes = True
+            logger.warning(
+                "session %r: received items encrypted by the SDK's EncryptedSession; pruning "
+                "cannot see inside them, so it may keep a tool output without its call. Pass "
+                "encryption_key= to the session instead of wrapping it",
+                self.session_id,
+            )
+        if self._keyring is not None:
+            payloads = self._keyring.seal_items(self.session_id, items, payloads)
         moment = self._clock()
         started = time.perf_counter()  # for health(): latency, not time, so not the clock
         pruned = await backend.append_items(
@@ -117,7 +151,7 @@ class BoundedSessionMixin:
             to_timestamp(moment),
             self.max_messages,
             active_since=cutoff_before(moment, self.retention),
-            title=default_title(items),
+            title=seal_field(self._keyring, self.session_id, default_title(items), "title"),
         )
         metrics.write_latency.add(time.perf_counter() - started)
         if pruned:
@@ -150,7 +184,9 @@ class BoundedSessionMixin:
         fields = await self._open_backend().read_session_fields(
             self.session_id, self._active_since()
         )
-        return None if fields is None else fields.title
+        if fields is None:
+            return None
+        return open_field(self._keyring, self.session_id, fields.title, "title", strict=True)
 
     async def set_title(self, title: str | None) -> None:
         """Set the conversation's title; ``None`` returns to the default (the next user message).
@@ -159,14 +195,18 @@ class BoundedSessionMixin:
             InvalidArgumentError: if ``title`` is blank, longer than ``MAX_TITLE_LENGTH``
                 characters, or holds control characters; nothing is written.
         """
-        await self._set_fields(title=validate_title(title))
+        sealed = seal_field(self._keyring, self.session_id, validate_title(title), "title")
+        await self._set_fields(title=sealed)
 
     async def get_metadata(self) -> dict[str, Any]:
         """The app's metadata object of this conversation (``{}`` if none is set)."""
         fields = await self._open_backend().read_session_fields(
             self.session_id, self._active_since()
         )
-        return {} if fields is None else decode_metadata(fields.metadata)
+        if fields is None:
+            return {}
+        text = open_field(self._keyring, self.session_id, fields.metadata, "metadata", strict=True)
+        return decode_metadata(text)
 
     async def set_metadata(self, metadata: dict[str, Any]) -> None:
         """Replace the app's metadata object (e.g. channel, locale) of this conversation.
@@ -175,7 +215,10 @@ class BoundedSessionMixin:
             InvalidArgumentError: if it is not a JSON-serialisable dict with str keys, or is
                 larger than ``MAX_METADATA_BYTES`` as JSON; nothing is written.
         """
-        await self._set_fields(metadata=encode_metadata(metadata))
+        text = encode_metadata(metadata)
+        await self._set_fields(
+            metadata=seal_field(self._keyring, self.session_id, text, "metadata")
+        )
 
     async def _set_fields(self, *, title: object = UNCHANGED, metadata: object = UNCHANGED) -> None:
         backend = self._open_backend()
@@ -355,6 +398,7 @@ class AgentSession(BoundedSessionMixin, SQLiteSession):
         session_settings: SessionSettings | dict[str, Any] | None = None,
         clock: Clock | None = None,
         search_index: bool | None = None,
+        encryption_key: str | bytes | Sequence[str | bytes] | Keyring | None = None,
     ) -> None:
         """Open (creating if needed) the session's database.
 
@@ -372,10 +416,14 @@ class AgentSession(BoundedSessionMixin, SQLiteSession):
             clock: Returns the current aware datetime; activity times are taken from it.
             search_index: Index message text for ``SessionManager.search_sessions``;
                 defaults to the settings'.
+            encryption_key: Encrypt items at rest: a key from ``generate_key()``, or several
+                (a list or a comma-separated string), newest first; defaults to the settings'
+                ``encryption_key``. Needs the ``encryption`` extra.
 
         Raises:
             InvalidIdentifierError: if an id is unusable, or its session id is held in an
                 adopted database by a session of another owner.
+            ConfigurationError: if a key is malformed, or ``cryptography`` is missing.
             InvalidArgumentError: if ``max_messages`` is not a positive integer, ``db_path``
                 is not a path, or ``settings`` is not an ``AgentSessionSettings``.
             TypeError: if ``session_settings`` has unknown fields (the SDK's own check).
@@ -392,9 +440,11 @@ class AgentSession(BoundedSessionMixin, SQLiteSession):
         self.retention = parse_duration(
             resolve_setting(retention, "retention_period", settings), "retention"
         )
+        self._keyring = keyring_for(resolve_setting(encryption_key, "encryption_key", settings))
         backend = SQLiteBackend(
             resolve_setting(db_path, "db_path", settings),
-            search_index=resolve_setting(search_index, "search_index", settings),
+            search_index=search_enabled(search_index, self._keyring, settings),
+            keyring=self._keyring,
         )
         # SQLiteSession.__init__ is deliberately not called: it opens a connection and checks
         # the schema for every object (about 2 ms). The attributes it documents are set here
@@ -480,6 +530,7 @@ class PostgresSession(BoundedSessionMixin, SessionABC):
         session_settings: SessionSettings | dict[str, Any] | None = None,
         clock: Clock | None = None,
         search_index: bool | None = None,
+        encryption_key: str | bytes | Sequence[str | bytes] | Keyring | None = None,
     ) -> None:
         """Make the session; the database is reached on first use.
 
@@ -496,12 +547,14 @@ class PostgresSession(BoundedSessionMixin, SessionABC):
             clock: Returns the current aware datetime; activity times are taken from it.
             search_index: Index message text for ``SessionManager.search_sessions``;
                 defaults to the settings'.
+            encryption_key: Encrypt items at rest (see ``AgentSession``).
 
         Raises:
             InvalidIdentifierError: if an id is unusable.
             InvalidArgumentError: if ``max_messages`` is not a positive integer, or no
                 ``postgresql://`` URL is given or set.
-            ConfigurationError: if the ``postgres`` extra is not installed.
+            ConfigurationError: if the ``postgres`` extra is not installed, a key is
+                malformed, or ``cryptography`` is missing.
         """
         user = normalize_identifier(user_id, "user_id")
         conversation = normalize_identifier(conversation_id, "conversation_id")
@@ -525,10 +578,12 @@ class PostgresSession(BoundedSessionMixin, SessionABC):
             if session_settings is not None
             else SessionSettings()
         )
+        self._keyring = keyring_for(resolve_setting(encryption_key, "encryption_key", settings))
         self._backend = open_backend(
             url,
             pool=pool_options(settings),
-            search_index=resolve_setting(search_index, "search_index", settings),
+            search_index=search_enabled(search_index, self._keyring, settings),
+            keyring=self._keyring,
         )
         self.database_url = self._backend.location
         self._key = SessionKey(self.session_id, user, conversation)
@@ -562,6 +617,7 @@ def get_agent_session(
     session_settings: SessionSettings | dict[str, Any] | None = None,
     clock: Clock | None = None,
     search_index: bool | None = None,
+    encryption_key: str | bytes | Sequence[str | bytes] | Keyring | None = None,
 ) -> AgentSession | PostgresSession:
     """Return the session for a (user, conversation) pair, configured from settings.
 
@@ -587,6 +643,7 @@ def get_agent_session(
             session_settings=session_settings,
             clock=clock,
             search_index=search_index,
+            encryption_key=encryption_key,
         )
     return AgentSession(
         user_id,
@@ -598,6 +655,7 @@ def get_agent_session(
         session_settings=session_settings,
         clock=clock,
         search_index=search_index,
+        encryption_key=encryption_key,
     )
 
 

@@ -5,13 +5,23 @@ from __future__ import annotations
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Self, TypeVar
+from typing import TYPE_CHECKING, Self, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .backends import PoolOptions, is_url
+
+if TYPE_CHECKING:
+    from .encryption import Keyring
 from .durations import format_duration, parse_duration
 from .errors import ConfigurationError, InvalidArgumentError
 from .ids import MAX_COUNT
@@ -65,9 +75,25 @@ class AgentSessionSettings(BaseSettings):
         default=None,
         description="Also sweep expired sessions this often ('5m'); unset: only daily.",
     )
+    encryption_key: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Encrypt stored items at rest: one or more keys (32 random bytes, URL-safe "
+            "base64; `agent-sessions generate-key`), newest first, comma-separated. New items "
+            "are sealed with the first; reads use whichever sealed a row. A secret: never "
+            "printed or logged."
+        ),
+    )
     search_index: bool = Field(
         default=True,
         description="Index user and assistant message text for search_sessions.",
+    )
+    search_plaintext_index: bool = Field(
+        default=False,
+        description=(
+            "With encryption_key set, still index message text for search: the index then "
+            "holds that text in clear."
+        ),
     )
     cleanup_hour: int = Field(default=2, ge=0, le=23, description="Hour of the daily cleanup.")
     cleanup_minute: int = Field(default=0, ge=0, le=59, description="Minute of the daily cleanup.")
@@ -134,6 +160,19 @@ class AgentSessionSettings(BaseSettings):
     def _threshold_unset(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
             return None  # an empty variable means "not set"
+        return value
+
+    @field_validator("encryption_key", mode="before")
+    @classmethod
+    def _encryption_keys(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None  # an empty variable means "not set"
+        from .encryption import parse_keys
+
+        try:
+            parse_keys(value)
+        except InvalidArgumentError as exc:  # names the key's position, never the key
+            raise ValueError(str(exc)) from None
         return value
 
     @field_validator("max_messages")
@@ -276,3 +315,18 @@ def resolve_setting(value: T | None, name: str, settings: AgentSessionSettings |
         return value
     resolved: T = getattr(settings if settings is not None else get_settings(), name)
     return resolved
+
+
+def search_enabled(
+    search_index: bool | None, keyring: Keyring | None, settings: AgentSessionSettings | None
+) -> bool:
+    """Whether message text is indexed for search as it is written.
+
+    ``search_index`` (or the settings'); for sessions that encrypt their items, only with
+    ``search_plaintext_index`` too: an index of ciphertext finds nothing, and one of the text
+    keeps it in clear.
+    """
+    enabled = bool(resolve_setting(search_index, "search_index", settings))
+    if not enabled or keyring is None or keyring.writes_plaintext:
+        return enabled
+    return bool(resolve_setting(None, "search_plaintext_index", settings))

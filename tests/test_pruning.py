@@ -424,7 +424,7 @@ def conn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sqlite3.Connectio
 
 def stored_texts(connection: sqlite3.Connection, session_id: str) -> list[str]:
     rows = connection.execute(sql.SELECT_ALL_ROWS, (session_id,))
-    return [data.decode() if isinstance(data, bytes) else data for _, data in rows]
+    return [row[1].decode() if isinstance(row[1], bytes) else row[1] for row in rows]
 
 
 @settings(max_examples=200, deadline=None)

@@ -10,9 +10,13 @@ import os
 import re
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError, InvalidArgumentError
 from .base import Backend
+
+if TYPE_CHECKING:
+    from ..encryption import Keyring
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 POSTGRES_SCHEMES = ("postgresql", "postgres")
@@ -81,6 +85,7 @@ def open_backend(
     offload: bool = False,
     pool: PoolOptions | None = None,
     search_index: bool = True,
+    keyring: Keyring | None = None,
 ) -> Backend:
     """The backend for a database target: a SQLite path, or a ``postgresql://`` URL.
 
@@ -91,6 +96,7 @@ def open_backend(
         offload: SQLite only: run operations in a worker thread (the manager's choice).
         pool: PostgreSQL only: the shared pool's sizes and timeouts.
         search_index: Index message text for search as items are written.
+        keyring: Opens (and lets sessions write) encrypted items; see ``encryption``.
 
     Raises:
         InvalidArgumentError: if ``target`` is not a path, or a URL of a database kind not
@@ -101,7 +107,9 @@ def open_backend(
     if not is_url(target):
         from .sqlite import SQLiteBackend
 
-        return SQLiteBackend(target, create=create, offload=offload, search_index=search_index)
+        return SQLiteBackend(
+            target, create=create, offload=offload, search_index=search_index, keyring=keyring
+        )
     url = str(target)
     scheme = url.split("://", 1)[0].lower()
     if scheme not in POSTGRES_SCHEMES:
@@ -125,6 +133,7 @@ def open_backend(
         connect_timeout=options.timeout,
         statement_timeout=options.statement_timeout,
         search_index=search_index,
+        keyring=keyring,
     )
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from ..codec import DecodedRows
+from ..encryption import ClearColumns
 from ..models import SearchHit, SessionStats, SweepRecord
 from ..pruning import Item
 
@@ -111,6 +112,33 @@ class SessionDump:
     title: str | None = None
     metadata: str | None = None
     """The metadata's JSON text."""
+    clear: tuple[ClearColumns | None, ...] = ()
+    """For each payload, its clear columns if it is encrypted (copied sealed, as stored), else
+    ``None``; empty when no payload is encrypted."""
+
+
+@dataclass(frozen=True)
+class StoredRow:
+    """One stored item row, as ``agent-sessions rotate-key``/``encrypt``/``decrypt`` see it."""
+
+    session_id: str
+    ref: int
+    """The row's place: SQLite's row id, PostgreSQL's seq within the session."""
+    data: str
+    """The payload as stored: JSON text, or sealed (``encryption.PREFIX``)."""
+    clear: ClearColumns
+    """The stored clear columns (all false or ``None`` where never written)."""
+
+
+@dataclass(frozen=True)
+class RowChange:
+    """A new payload (and clear columns) for a row, applied only if it still holds ``old``."""
+
+    session_id: str
+    ref: int
+    old: str
+    new: str
+    clear: ClearColumns
 
 
 class Backend(Protocol):
@@ -373,4 +401,21 @@ class Backend(Protocol):
         error: str | None,
     ) -> None:
         """Record how the sweep ``sweep_id`` ended (nothing if its record is gone)."""
+        ...
+
+    # --- re-encoding rows (encryption) ---
+
+    async def scan_rows(self, after: tuple[str, int] | None, limit: int) -> list[StoredRow]:
+        """Up to ``limit`` item rows after ``(session_id, ref)`` (``None``: from the start).
+
+        In a fixed order per backend, so a scan can be resumed from its last row.
+        """
+        ...
+
+    async def replace_rows(self, changes: Sequence[RowChange]) -> int:
+        """Apply the changes whose row still holds ``old``, in one short transaction.
+
+        Returns:
+            How many rows were changed (a row changed or deleted meanwhile is left alone).
+        """
         ...

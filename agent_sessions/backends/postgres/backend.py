@@ -13,9 +13,18 @@ from typing import Any, Literal
 import psycopg
 
 from ...clock import from_timestamp
-from ...codec import DecodedRows, decode_item, decode_rows
-from ...conversations import decode_metadata
-from ...errors import InvalidArgumentError, InvalidIdentifierError
+from ...codec import DecodedRows, decode_item
+from ...conversations import decode_metadata, open_field
+from ...encryption import (
+    ClearColumns,
+    Keyring,
+    decode_stored,
+    is_encrypted,
+    open_row,
+    pruning_item,
+    skeleton,
+)
+from ...errors import EncryptionKeyError, InvalidArgumentError, InvalidIdentifierError
 from ...ids import positive_int
 from ...models import SearchHit, SessionStats, SweepRecord
 from ...pruning import Item, cut_index, late_call_index
@@ -26,14 +35,16 @@ from ..base import (
     HealthFacts,
     ListPosition,
     Owner,
+    RowChange,
     SessionDump,
     SessionFields,
     SessionKey,
+    StoredRow,
     Totals,
 )
 from . import schema, sql
 from .batch import Batch
-from .errors import FullPruneNeeded, redact, translate_errors
+from .errors import FullPruneNeeded, KeyNeeded, redact, translate_errors
 from .pool import connection_kwargs, mark_schema_ready, schema_lock, schema_ready, shared_pool
 from .transaction import transaction
 
@@ -87,12 +98,16 @@ def _seconds(value: object, what: str, *, zero: bool = False) -> float:
     return float(value)
 
 
-def _stats(row: Sequence[Any]) -> SessionStats:
-    decoded = decode_rows(enumerate(row[7]))
-    return _stats_from(row, len(decoded.items), len(decoded.corrupt_row_ids))
+def _stats(row: Sequence[Any], keyring: Keyring | None = None) -> SessionStats:
+    payloads = row[7]
+    # Encrypted rows are counted as items without a key (they cannot be checked without one).
+    items = sum(1 for data in payloads if is_encrypted(data) or decode_item(data) is not None)
+    return _stats_from(row, items, len(payloads) - items, keyring)
 
 
-def _stats_from(row: Sequence[Any], count: int, corrupt: int | None) -> SessionStats:
+def _stats_from(
+    row: Sequence[Any], count: int, corrupt: int | None, keyring: Keyring | None = None
+) -> SessionStats:
     session_id, user_id, conversation_id, created_at, last_activity, title, metadata = row[:7]
     return SessionStats(
         session_id=session_id,
@@ -102,8 +117,10 @@ def _stats_from(row: Sequence[Any], count: int, corrupt: int | None) -> SessionS
         corrupt_items=corrupt,
         created_at=_utc(created_at),
         last_activity=_utc(last_activity),
-        title=title,
-        metadata=decode_metadata(metadata),
+        title=open_field(keyring, session_id, title, "title", strict=False),
+        metadata=decode_metadata(
+            open_field(keyring, session_id, metadata, "metadata", strict=False)
+        ),
     )
 
 
@@ -138,6 +155,7 @@ class PostgresBackend:
         connect_timeout: float = 10.0,
         statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
         search_index: bool = True,
+        keyring: Keyring | None = None,
     ) -> None:
         """Configure the backend; nothing is opened yet.
 
@@ -153,6 +171,8 @@ class PostgresBackend:
             statement_timeout: Seconds each statement may run, lock waits included; ``0``
                 for no limit. Past it the operation raises ``StorageBusyError``.
             search_index: Index message text for ``search_sessions`` as items are written.
+            keyring: Opens encrypted rows on reads; without one, reads of encrypted rows and
+                writes to a session holding them raise ``EncryptionKeyError``.
 
         Raises:
             InvalidArgumentError: if a size or timeout is out of range, or ``url`` is empty.
@@ -167,6 +187,7 @@ class PostgresBackend:
         self._connect_timeout = _seconds(connect_timeout, "connect_timeout")
         self._statement_timeout = _seconds(statement_timeout, "statement_timeout", zero=True)
         self._search_index = search_index
+        self._keyring = keyring
 
     @property
     def location(self) -> str:
@@ -274,9 +295,8 @@ class PostgresBackend:
         sid = _check_text(session_id, "session_id")
         since = _since(active_since)
         if limit is None or limit < 0:
-            return decode_rows(
-                await self._fetchall(sql.READ_ALL_ITEMS, {"sid": sid, "since": since})
-            )
+            rows = await self._fetchall(sql.READ_ALL_ITEMS, {"sid": sid, "since": since})
+            return decode_stored(rows, self._keyring, sid)
         if limit == 0:
             return DecodedRows([], [])
         window = limit
@@ -284,7 +304,7 @@ class PostgresBackend:
             rows = await self._fetchall(
                 sql.READ_NEWEST_ITEMS, {"sid": sid, "since": since, "limit": window}
             )
-            decoded = decode_rows(reversed(rows))
+            decoded = decode_stored(rows[::-1], self._keyring, sid)
             if len(decoded.items) >= limit or len(rows) < window:
                 return DecodedRows(decoded.items[-limit:], decoded.corrupt_row_ids)
             window *= 2
@@ -297,7 +317,7 @@ class PostgresBackend:
             rows = await conn.execute(sql.SELECT_ALL_ITEMS, {"sid": sid})
         if await exists.fetchone() is None:
             return None
-        return decode_rows(await rows.fetchall())
+        return decode_stored(await rows.fetchall(), self._keyring, sid)
 
     async def append_items(
         self,
@@ -328,9 +348,12 @@ class PostgresBackend:
         batch = Batch.of(items, payloads, index=self._search_index)
         write = _Write(key, batch, _db_time(now), max_items, _since(active_since), title)
         try:
-            found, pruned = await self._append(write, strict=True)
-        except FullPruneNeeded:
-            found, pruned = await self._append(write, strict=False)
+            try:
+                found, pruned = await self._append(write, strict=True)
+            except FullPruneNeeded:
+                found, pruned = await self._append(write, strict=False)
+        except KeyNeeded:
+            raise EncryptionKeyError(sid, [], [], writing=True) from None
         orphans, dropped = batch.dropped(found)
         if orphans:
             logger.warning(
@@ -364,6 +387,9 @@ class PostgresBackend:
                     "title": write.title,
                 },
             )
+            refuse = self._keyring is None
+            if refuse and not strict:
+                await conn.execute(sql.REFUSE_IF_ENCRYPTED, {"sid": sid, "n": n})
             if batch.needing:
                 keys = sorted(batch.needing)
                 found_calls = await conn.execute(sql.FIND_STORED_CALLS, {"sid": sid, "keys": keys})
@@ -382,11 +408,17 @@ class PostgresBackend:
                     "needs": batch.needs,
                     "search_text": batch.search_text,
                     "search_words": batch.search_words,
+                    "answer_key": batch.answer_keys,
+                    "is_reasoning": batch.is_reasoning,
                 },
             )
             state = await conn.execute(
                 sql.PRUNE_FAST, {"sid": sid, "max": max_items, "strict": strict}
             )
+            if refuse and strict:
+                # Last: an error raised by an earlier statement would surface inside this
+                # block at the next execute, rather than at the COMMIT.
+                await conn.execute(sql.REFUSE_IF_ENCRYPTED, {"sid": sid, "n": n})
             # Strict: nothing is read before COMMIT, so the whole write is one round trip.
             if not strict:
                 pruned = await _finish_prune(conn, sid, max_items, await state.fetchone())
@@ -413,10 +445,10 @@ class PostgresBackend:
                     {"sid": sid, "since": _since(active_since), "limit": window},
                 )
                 rows = await cursor.fetchall()
-                for seq, data in rows:
-                    item = decode_item(data)
+                for row in rows:
+                    item = open_row(row, self._keyring, sid)
                     if item is not None:
-                        await conn.execute(sql.DELETE_ITEM, {"sid": sid, "seq": seq})
+                        await conn.execute(sql.DELETE_ITEM, {"sid": sid, "seq": row[0]})
                         await conn.execute(sql.TOUCH_SESSION, {"sid": sid, "now": _db_time(now)})
                         return item
                 if len(rows) < window:
@@ -542,25 +574,42 @@ class PostgresBackend:
         rows = await self._fetchall(sql.SELECT_DUMP, {"sid": sid})
         if not rows:
             return None
-        user_id, conversation_id, created_at, last_activity, payloads, title, metadata = rows[0]
-        kept = tuple(text for text in payloads if decode_item(text) is not None)
+        user_id, conversation_id, created_at, last_activity, payloads, title, metadata, columns = (
+            rows[0]
+        )
+        kept: list[str] = []
+        clear: list[ClearColumns | None] = []
+        for text, (is_user, call_key, answer_key, is_reasoning) in zip(
+            payloads, columns, strict=True
+        ):
+            if is_encrypted(text):  # copied sealed, with its clear columns (it cannot be checked)
+                kept.append(text)
+                clear.append((is_user == "true", call_key, answer_key, is_reasoning == "true"))
+            elif decode_item(text) is not None:
+                kept.append(text)
+                clear.append(None)
         return SessionDump(
             session_id=sid,
             user_id=user_id,
             conversation_id=conversation_id,
             created_at=_utc(created_at).timestamp(),
             last_activity=_utc(last_activity).timestamp(),
-            payloads=kept,
+            payloads=tuple(kept),
             corrupt_rows=len(payloads) - len(kept),
             title=title,
             metadata=metadata,
+            clear=tuple(clear) if any(clear) else (),
         )
 
     async def load_session(self, dump: SessionDump) -> None:
         """See ``Backend.load_session``."""
         sid = _check_text(dump.session_id, "session_id")
+        clear = dump.clear or (None,) * len(dump.payloads)
         batch = Batch.of(
-            [decode_item(text) or {} for text in dump.payloads],
+            [
+                skeleton(columns) if columns is not None else decode_item(text) or {}
+                for text, columns in zip(dump.payloads, clear, strict=True)
+            ],
             dump.payloads,
             index=self._search_index and dump.user_id is not None,
         )
@@ -590,8 +639,48 @@ class PostgresBackend:
                     "call_key": batch.call_keys,
                     "search_text": batch.search_text,
                     "search_words": batch.search_words,
+                    "answer_key": batch.answer_keys,
+                    "is_reasoning": batch.is_reasoning,
                 },
             )
+
+    # --- re-encoding rows ---
+
+    async def scan_rows(self, after: tuple[str, int] | None, limit: int) -> list[StoredRow]:
+        """See ``Backend.scan_rows``: in (session id, seq) order."""
+        if after is None:
+            rows = await self._fetchall(sql.SCAN_ROWS_FIRST, {"limit": limit})
+        else:
+            rows = await self._fetchall(
+                sql.SCAN_ROWS_AFTER, {"sid": after[0], "seq": after[1], "limit": limit}
+            )
+        return [
+            StoredRow(
+                session_id=row[0],
+                ref=row[1],
+                data=row[2],
+                clear=(bool(row[3]), row[4], row[5], bool(row[6])),
+            )
+            for row in rows
+        ]
+
+    async def replace_rows(self, changes: Sequence[RowChange]) -> int:
+        """See ``Backend.replace_rows``."""
+        if not changes:
+            return 0
+        params = {
+            "sid": [c.session_id for c in changes],
+            "seq": [c.ref for c in changes],
+            "old": [c.old for c in changes],
+            "new": [c.new for c in changes],
+            "is_user": [c.clear[0] for c in changes],
+            "call_key": [c.clear[1] for c in changes],
+            "answer_key": [c.clear[2] for c in changes],
+            "is_reasoning": [c.clear[3] for c in changes],
+        }
+        async with self._transaction() as conn:
+            cursor = await conn.execute(sql.REPLACE_ROWS, params)
+        return cursor.rowcount
 
     # --- many sessions ---
 
@@ -599,7 +688,7 @@ class PostgresBackend:
         """What is stored for one session, or ``None`` if no session has that id."""
         sid = _check_text(session_id, "session_id")
         rows = await self._fetchall(sql.SESSION_STATS, {"sid": sid})
-        return _stats(rows[0]) if rows else None
+        return _stats(rows[0], self._keyring) if rows else None
 
     async def list_sessions(
         self,
@@ -624,7 +713,9 @@ class PostgresBackend:
             params["after_id"] = _check_text(after.session_id, "cursor")
         where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
         rows = await self._fetchall(f"{sql.LIST_WITH_COUNTS} {where}{sql.LIST_ORDER}", params)
-        return [(_stats_from(row, int(row[7]), None), _position(row)) for row in rows]
+        return [
+            (_stats_from(row, int(row[7]), None, self._keyring), _position(row)) for row in rows
+        ]
 
     async def user_session_ids(self, user_id: str, after: str | None, limit: int) -> list[str]:
         """See ``Backend.user_session_ids``."""
@@ -656,7 +747,7 @@ class PostgresBackend:
         rows = await self._fetchall(
             sql.LIST_IDLE_SESSIONS, {"cutoff": _db_time(cutoff), "limit": limit}
         )
-        return [_stats_from(row, int(row[7]), None) for row in rows]
+        return [_stats_from(row, int(row[7]), None, self._keyring) for row in rows]
 
     async def search_sessions(
         self, user_id: str, terms: Sequence[str], limit: int, active_since: float | None
@@ -679,7 +770,7 @@ class PostgresBackend:
             SearchHit(
                 session_id=session_id,
                 conversation_id=conversation_id,
-                title=title,
+                title=open_field(self._keyring, session_id, title, "title", strict=False),
                 snippet=snippet or "",
                 rank=float(rank),
                 last_activity=_utc(last_activity),
@@ -826,7 +917,8 @@ async def _finish_prune(
     if late == 0 and cut is not None:
         return int(deleted)
     rows = await (await conn.execute(sql.SELECT_ALL_ITEMS, {"sid": sid})).fetchall()
-    items = [decode_item(data) for _, data in rows]
+    # Encrypted rows are never decrypted here: their skeletons classify exactly as they do.
+    items = [pruning_item(row) for row in rows]
     index = cut_index(items, max_items)
     late_at = late_call_index(items[index:])
     late_seq = 0 if late_at is None else rows[index + late_at][0]

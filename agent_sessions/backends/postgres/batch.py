@@ -37,6 +37,9 @@ class Batch:
     is_user: list[bool]
     call_keys: list[str | None]
     """The pairing key of each call or approval request, else ``None``."""
+    answer_keys: list[str | None]
+    """The pairing key of each tool output or approval response, else ``None``."""
+    is_reasoning: list[bool]
     needs: list[str | None]
     """For each output whose call is not earlier in the batch: the key of the stored call it
     needs (it is left out if there is none)."""
@@ -60,9 +63,11 @@ class Batch:
             raise ValueError(f"{len(items)} items but {len(payloads)} payloads")
         is_user = [is_user_message(item) for item in items]
         call_keys: list[str | None] = []
+        answer_keys: list[str | None] = []
         for item in items:
             half = pairing(item)
             call_keys.append(half[1] if half is not None and half[0] else None)
+            answer_keys.append(half[1] if half is not None and not half[0] else None)
         needing = outputs_needing_stored_calls(items)
         needs: list[str | None] = [None] * len(items)
         for key, positions in needing.items():
@@ -81,6 +86,8 @@ class Batch:
             payloads=list(payloads),
             is_user=is_user,
             call_keys=call_keys,
+            answer_keys=answer_keys,
+            is_reasoning=[item.get("type") == "reasoning" for item in items],
             needs=needs,
             needing=needing,
             answers_late=late_call_index(items) is not None,

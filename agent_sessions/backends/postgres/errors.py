@@ -33,8 +33,16 @@ _BUSY = {"57014", "55P03", "40001", "40P01"}
 _FULL = {"53100"}
 
 
+KEY_NEEDED_SQLSTATE = "ASP02"
+"""Raised on purpose by a write without a key to a session holding encrypted items."""
+
+
 class FullPruneNeeded(Exception):
     """The write must be redone on the full pruning path (never leaves the backend)."""
+
+
+class KeyNeeded(Exception):
+    """A write without a key met an encrypted session (leaves as ``EncryptionKeyError``)."""
 
 
 def redact(url: str) -> str:
@@ -57,7 +65,7 @@ def _password(url: str) -> str | None:
     return str(value) if value else None
 
 
-def translate_error(exc: Exception, url: str) -> StorageError | FullPruneNeeded:
+def translate_error(exc: Exception, url: str) -> StorageError | FullPruneNeeded | KeyNeeded:
     """Map a psycopg or pool error to a ``StorageError`` subclass naming the redacted URL."""
     location = redact(url)
     text = str(exc).strip()
@@ -75,6 +83,8 @@ def translate_error(exc: Exception, url: str) -> StorageError | FullPruneNeeded:
     state = getattr(exc, "sqlstate", None)
     if state == FULL_PRUNE_SQLSTATE:
         return FullPruneNeeded()
+    if state == KEY_NEEDED_SQLSTATE:
+        return KeyNeeded()
     if state in _FULL:
         return StorageFullError(f"storage is full: {where}: {text}", path=location)
     if state in _BUSY:

@@ -105,12 +105,29 @@ _ADD_SEARCH_INDEX = (
     f"CREATE INDEX {sql.ITEMS}_search ON {sql.ITEMS} USING gin (search_vector)",
 )
 
+_ADD_CLEAR_COLUMNS = (
+    # What pruning needs of an encrypted item beyond is_user and call_key, in clear (see
+    # agent_sessions.encryption). NULL in rows written before: their payload is plain JSON.
+    f"""ALTER TABLE {sql.ITEMS}
+        ADD COLUMN answer_key text COLLATE "C",
+        ADD COLUMN is_reasoning boolean""",
+    # Called by sql.REFUSE_IF_ENCRYPTED to abort a write without a key to an encrypted session.
+    f"""CREATE FUNCTION {sql.KEY_NEEDED_FUNCTION}() RETURNS bigint LANGUAGE plpgsql AS $fn$
+    BEGIN
+        RAISE EXCEPTION 'agent_sessions: this session holds encrypted items and no '
+            'encryption key is configured'
+            USING ERRCODE = 'ASP02';
+    END
+    $fn$""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create the session and item tables", _CREATE_TABLES),
     Migration(2, "add per-session turn locks with leases", _CREATE_TURN_LOCKS),
     Migration(3, "add conversation titles and metadata", _ADD_TITLES_AND_METADATA),
     Migration(4, "add the full-text search index of message text", _ADD_SEARCH_INDEX),
     Migration(5, "record the latest cleanup sweeps", _CREATE_SWEEPS),
+    Migration(6, "keep what pruning needs of an encrypted item in clear", _ADD_CLEAR_COLUMNS),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -21,6 +21,7 @@ SWEEPS = "agent_sessions_sweep"
 FULL_PRUNE_FUNCTION = "agent_sessions_full_prune_needed"
 OUR_TABLES = (SESSIONS, ITEMS, SCHEMA, TURN_LOCKS, SWEEPS)
 """Every table of ours: the database's size in health() is theirs (add new tables here)."""
+KEY_NEEDED_FUNCTION = "agent_sessions_key_needed"
 
 # --- transactions ---------------------------------------------------------------------------
 
@@ -108,13 +109,16 @@ FORGET_IF_ANSWERED_LATE = f"""
 # search_text and search_words are NULL arrays when nothing is indexed (unnest pads with NULL).
 INSERT_ITEMS = f"""
     INSERT INTO {ITEMS}
-        (session_id, seq, message_data, is_user, call_key, search_text, search_vector)
+        (session_id, seq, message_data, is_user, call_key, answer_key, is_reasoning,
+         search_text, search_vector)
     SELECT s.session_id, s.next_seq - %(n)s + b.ord - 1, b.data, b.is_user, b.call_key,
-        b.search_text, to_tsvector('simple', b.search_words)
+        b.answer_key, b.is_reasoning, b.search_text, to_tsvector('simple', b.search_words)
     FROM {SESSIONS} AS s,
         unnest(%(data)b::text[], %(is_user)s::boolean[], %(call_key)s::text[], %(needs)s::text[],
+               %(answer_key)s::text[], %(is_reasoning)s::boolean[],
                %(search_text)b::text[], %(search_words)b::text[])
-            WITH ORDINALITY AS b(data, is_user, call_key, needs, search_text, search_words, ord)
+            WITH ORDINALITY AS b(data, is_user, call_key, needs, answer_key, is_reasoning,
+                                 search_text, search_words, ord)
     WHERE s.session_id = %(sid)s AND (
         b.needs IS NULL OR EXISTS (
             SELECT 1 FROM {ITEMS} AS c WHERE c.session_id = %(sid)s AND c.call_key = b.needs
@@ -162,7 +166,22 @@ DELETE_SESSION = f"DELETE FROM {SESSIONS} WHERE session_id = %(sid)s"
 
 # --- one session: reads ---------------------------------------------------------------------
 
-SELECT_ALL_ITEMS = f"SELECT seq, message_data FROM {ITEMS} WHERE session_id = %(sid)s ORDER BY seq"
+# Rows come with their clear columns (see agent_sessions.encryption): an encrypted row's
+# skeleton for pruning, and the associated data that authenticates it.
+_ROW = "seq, message_data, is_user, call_key, answer_key, is_reasoning"
+SELECT_ALL_ITEMS = f"SELECT {_ROW} FROM {ITEMS} WHERE session_id = %(sid)s ORDER BY seq"
+# A write without a key to a session whose newest row before this batch (its seqs start at
+# next_seq - n) is encrypted: refused (it would mix plaintext into it), by raising
+# KEY_NEEDED_SQLSTATE, so the write stays one round trip.
+REFUSE_IF_ENCRYPTED = f"""
+    SELECT CASE WHEN EXISTS (
+        SELECT 1 FROM (
+            SELECT i.message_data FROM {ITEMS} AS i, {SESSIONS} AS s
+            WHERE s.session_id = %(sid)s AND i.session_id = %(sid)s
+                AND i.seq < s.next_seq - %(n)s
+            ORDER BY i.seq DESC LIMIT 1
+        ) AS newest WHERE left(newest.message_data, 5) = 'enc1:'
+    ) THEN {KEY_NEEDED_FUNCTION}() END"""
 SESSION_EXISTS = f"SELECT 1 FROM {SESSIONS} WHERE session_id = %(sid)s"
 # Items oldest first (all) or newest first (a limit), reading nothing of an expired session:
 # one idle since before %(since)s (NULL: none expires). Tested once per statement, not per row.
@@ -170,11 +189,10 @@ _NOT_EXPIRED = f"""NOT EXISTS (
     SELECT 1 FROM {SESSIONS} AS e WHERE e.session_id = %(sid)s AND e.last_activity < %(since)s
 )"""
 READ_ALL_ITEMS = (
-    f"SELECT seq, message_data FROM {ITEMS} WHERE session_id = %(sid)s AND {_NOT_EXPIRED} "
-    "ORDER BY seq"
+    f"SELECT {_ROW} FROM {ITEMS} WHERE session_id = %(sid)s AND {_NOT_EXPIRED} ORDER BY seq"
 )
 READ_NEWEST_ITEMS = (
-    f"SELECT seq, message_data FROM {ITEMS} WHERE session_id = %(sid)s AND {_NOT_EXPIRED} "
+    f"SELECT {_ROW} FROM {ITEMS} WHERE session_id = %(sid)s AND {_NOT_EXPIRED} "
     "ORDER BY seq DESC LIMIT %(limit)s"
 )
 SELECT_FIELDS = f"""
@@ -213,7 +231,9 @@ SELECT_DUMP = f"""
         s.created_at AT TIME ZONE 'UTC', s.last_activity AT TIME ZONE 'UTC',
         ARRAY(SELECT i.message_data FROM {ITEMS} AS i
               WHERE i.session_id = s.session_id ORDER BY i.seq),
-        s.title, s.metadata
+        s.title, s.metadata,
+        ARRAY(SELECT ARRAY[i.is_user::text, i.call_key, i.answer_key, i.is_reasoning::text]
+              FROM {ITEMS} AS i WHERE i.session_id = s.session_id ORDER BY i.seq)
     FROM {SESSIONS} AS s WHERE s.session_id = %(sid)s"""
 # late_call_seq NULL: not known, so the next prune checks the session whole.
 INSERT_DUMPED_SESSION = f"""
@@ -224,12 +244,35 @@ INSERT_DUMPED_SESSION = f"""
         %(title)s, %(metadata)s)"""
 INSERT_DUMPED_ITEMS = f"""
     INSERT INTO {ITEMS}
-        (session_id, seq, message_data, is_user, call_key, search_text, search_vector)
-    SELECT %(sid)s, b.ord, b.data, b.is_user, b.call_key,
+        (session_id, seq, message_data, is_user, call_key, answer_key, is_reasoning,
+         search_text, search_vector)
+    SELECT %(sid)s, b.ord, b.data, b.is_user, b.call_key, b.answer_key, b.is_reasoning,
         b.search_text, to_tsvector('simple', b.search_words)
     FROM unnest(%(data)b::text[], %(is_user)s::boolean[], %(call_key)s::text[],
+                %(answer_key)s::text[], %(is_reasoning)s::boolean[],
                 %(search_text)b::text[], %(search_words)b::text[])
-        WITH ORDINALITY AS b(data, is_user, call_key, search_text, search_words, ord)"""
+        WITH ORDINALITY AS b(data, is_user, call_key, answer_key, is_reasoning,
+                             search_text, search_words, ord)"""
+
+# --- re-encoding rows (rotate-key, encrypt, decrypt) -----------------------------------------
+
+_SCAN = (
+    f"SELECT session_id, seq, message_data, is_user, call_key, answer_key, is_reasoning "
+    f"FROM {ITEMS}"
+)
+SCAN_ROWS_FIRST = f"{_SCAN} ORDER BY session_id, seq LIMIT %(limit)s"
+SCAN_ROWS_AFTER = (
+    f"{_SCAN} WHERE (session_id, seq) > (%(sid)s, %(seq)s) ORDER BY session_id, seq LIMIT %(limit)s"
+)
+# Compare-and-set: a row a writer deleted (pruned) or changed meanwhile is left alone.
+REPLACE_ROWS = f"""
+    UPDATE {ITEMS} AS i SET message_data = c.new, is_user = c.is_user, call_key = c.call_key,
+        answer_key = c.answer_key, is_reasoning = c.is_reasoning
+    FROM unnest(%(sid)s::text[], %(seq)s::bigint[], %(old)b::text[], %(new)b::text[],
+                %(is_user)s::boolean[], %(call_key)s::text[], %(answer_key)s::text[],
+                %(is_reasoning)s::boolean[])
+        AS c(sid, seq, old, new, is_user, call_key, answer_key, is_reasoning)
+    WHERE i.session_id = c.sid AND i.seq = c.seq AND i.message_data = c.old"""
 
 # --- many sessions --------------------------------------------------------------------------
 

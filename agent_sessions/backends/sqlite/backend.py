@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, TypeVar
 
 from ...codec import DecodedRows
+from ...encryption import Keyring
 from ...errors import (
     InvalidArgumentError,
     InvalidIdentifierError,
@@ -27,9 +28,11 @@ from ..base import (
     HealthFacts,
     ListPosition,
     Owner,
+    RowChange,
     SessionDump,
     SessionFields,
     SessionKey,
+    StoredRow,
     Totals,
 )
 from . import schema, sql
@@ -66,6 +69,7 @@ class SQLiteBackend:
         create: bool = True,
         offload: bool = False,
         search_index: bool = True,
+        keyring: Keyring | None = None,
     ) -> None:
         """Resolve the path; nothing is opened yet (``":memory:"`` excepted).
 
@@ -78,6 +82,8 @@ class SQLiteBackend:
                 event loop's thread: for the manager's longer operations (listing, stats,
                 cleanup).
             search_index: Index message text for ``search_sessions`` as items are written.
+            keyring: Opens encrypted rows on reads; without one, reads of encrypted rows and
+                writes to a session holding them raise ``EncryptionKeyError``.
 
         Raises:
             InvalidArgumentError: if ``db_path`` is not a path.
@@ -95,6 +101,7 @@ class SQLiteBackend:
         self._search_index = search_index
         self._memory = Engine(":memory:") if self.path == ":memory:" else None
         self._cleanup_batches = 0
+        self._keyring = keyring
 
     @property
     def location(self) -> str:
@@ -239,11 +246,13 @@ class SQLiteBackend:
         self, session_id: str, limit: int | None, active_since: float | None = None
     ) -> DecodedRows:
         """See ``Backend.read_items``."""
-        return await self._run(lambda conn: sql.read_items(conn, session_id, limit, active_since))
+        return await self._run(
+            lambda conn: sql.read_items(conn, session_id, limit, active_since, self._keyring)
+        )
 
     async def stored_items(self, session_id: str) -> DecodedRows | None:
         """See ``Backend.stored_items``."""
-        return await self._run(lambda conn: sql.stored_items(conn, session_id))
+        return await self._run(lambda conn: sql.stored_items(conn, session_id, self._keyring))
 
     async def append_items(
         self,
@@ -257,6 +266,7 @@ class SQLiteBackend:
         title: str | None = None,
     ) -> int:
         """See ``Backend.append_items``."""
+        refuse = self._keyring is None
         return await self._run(
             lambda conn: sql.append_items(
                 conn,
@@ -268,6 +278,7 @@ class SQLiteBackend:
                 active_since,
                 title,
                 index=self._search_index,
+                refuse_if_encrypted=refuse,
             ),
             write=True,
         )
@@ -277,7 +288,8 @@ class SQLiteBackend:
     ) -> Item | None:
         """See ``Backend.pop_item``."""
         return await self._run(
-            lambda conn: sql.pop_newest(conn, session_id, now, active_since), write=True
+            lambda conn: sql.pop_newest(conn, session_id, now, active_since, self._keyring),
+            write=True,
         )
 
     async def delete_session(self, session_id: str) -> int | None:
@@ -346,7 +358,7 @@ class SQLiteBackend:
 
     async def session_stats(self, session_id: str) -> SessionStats | None:
         """See ``Backend.session_stats``."""
-        return await self._run(lambda conn: sql.session_stats(conn, session_id))
+        return await self._run(lambda conn: sql.session_stats(conn, session_id, self._keyring))
 
     async def list_sessions(
         self,
@@ -358,7 +370,9 @@ class SQLiteBackend:
     ) -> list[tuple[SessionStats, ListPosition]]:
         """See ``Backend.list_sessions``."""
         return await self._run(
-            lambda conn: sql.list_sessions(conn, user_id, limit, offset, after, active_since)
+            lambda conn: sql.list_sessions(
+                conn, user_id, limit, offset, after, active_since, self._keyring
+            )
         )
 
     async def user_session_ids(self, user_id: str, after: str | None, limit: int) -> list[str]:
@@ -371,14 +385,18 @@ class SQLiteBackend:
 
     async def list_idle_sessions(self, cutoff: float, limit: int | None) -> list[SessionStats]:
         """See ``Backend.list_idle_sessions``."""
-        return await self._run(lambda conn: sql.list_idle_sessions(conn, cutoff, limit))
+        return await self._run(
+            lambda conn: sql.list_idle_sessions(conn, cutoff, limit, self._keyring)
+        )
 
     async def search_sessions(
         self, user_id: str, terms: Sequence[str], limit: int, active_since: float | None
     ) -> list[SearchHit]:
         """See ``Backend.search_sessions``."""
         return await self._run(
-            lambda conn: sql.search_sessions(conn, user_id, terms, limit, active_since)
+            lambda conn: sql.search_sessions(
+                conn, user_id, terms, limit, active_since, self._keyring
+            )
         )
 
     async def session_ids(self) -> list[str]:
@@ -460,6 +478,17 @@ class SQLiteBackend:
             ),
             write=True,
         )
+
+    # --- re-encoding rows ---
+
+    async def scan_rows(self, after: tuple[str, int] | None, limit: int) -> list[StoredRow]:
+        """See ``Backend.scan_rows``: in row id order."""
+        start = 0 if after is None else after[1]
+        return await self._run(lambda conn: sql.scan_rows(conn, start, limit))
+
+    async def replace_rows(self, changes: Sequence[RowChange]) -> int:
+        """See ``Backend.replace_rows``."""
+        return await self._run(lambda conn: sql.replace_rows(conn, changes), write=True)
 
     def __repr__(self) -> str:
         return f"SQLiteBackend({self.path!r})"

@@ -113,7 +113,15 @@ _KEYS = {SESSIONS_TABLE: "session_id", MESSAGES_TABLE: "id"}
 _WRITTEN_COLUMNS = {
     # What this library's inserts fill in; any other column needs a default or NULL.
     SESSIONS_TABLE: {"session_id", "user_id", "conversation_id", "created_ts", "last_activity_ts"},
-    MESSAGES_TABLE: {"id", "session_id", "message_data"},  # id: the rowid
+    MESSAGES_TABLE: {  # id: the rowid
+        "id",
+        "session_id",
+        "message_data",
+        "is_user",
+        "call_key",
+        "answer_key",
+        "is_reasoning",
+    },
 }
 _WITHOUT_ROWID = re.compile(r"\bWITHOUT\s+ROWID\b", re.IGNORECASE)
 
@@ -315,6 +323,8 @@ def _add_sweeps(conn: sqlite3.Connection) -> None:
             error TEXT
         )"""
     )
+
+
 def _add_search_index(conn: sqlite3.Connection) -> None:
     # An FTS5 table of its own whose rowid is the message row's id. It stores the text (our
     # messages are JSON; the text is worked out in Python, see search.indexed_text), so
@@ -340,6 +350,23 @@ def _add_search_index(conn: sqlite3.Connection) -> None:
     )
 
 
+def _add_clear_columns(conn: sqlite3.Connection) -> None:
+    # What pruning needs of an encrypted item, kept in clear (see agent_sessions.encryption).
+    # NULL in rows written before, or by a plain SQLiteSession: their payload is plain JSON,
+    # and pruning decodes it as it always has.
+    existing = _columns(conn, MESSAGES_TABLE)
+    for column, kind in CLEAR_COLUMNS:
+        if column not in existing:
+            conn.execute(f"ALTER TABLE {MESSAGES_TABLE} ADD COLUMN {column} {kind}")
+
+
+CLEAR_COLUMNS = (
+    ("is_user", "INTEGER"),
+    ("call_key", "TEXT"),
+    ("answer_key", "TEXT"),
+    ("is_reasoning", "INTEGER"),
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "adopt the SDK tables; add owner and activity columns", _adopt_sdk_tables),
     Migration(2, "remember calls answered after a later user message", _add_late_call_row),
@@ -350,6 +377,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "add conversation titles and metadata", _add_titles_and_metadata),
     Migration(6, "add the full-text search index of message text", _add_search_index),
     Migration(7, "record the latest cleanup sweeps", _add_sweeps),
+    Migration(8, "keep what pruning needs of an encrypted item in clear", _add_clear_columns),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -13,8 +13,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...clock import from_timestamp
-from ...codec import DecodedRows, decode_item, decode_rows
-from ...conversations import decode_metadata
+from ...codec import DecodedRows, decode_item
+from ...conversations import decode_metadata, open_field
+from ...encryption import (
+    ClearColumns,
+    Keyring,
+    clear_columns,
+    columns_of,
+    decode_stored,
+    is_encrypted,
+    open_row,
+    pruning_item,
+)
+from ...errors import EncryptionKeyError
 from ...models import SearchHit, SessionStats, SweepRecord
 from ...pruning import (
     Item,
@@ -30,9 +41,11 @@ from ..base import (
     SWEEP_HISTORY,
     UNCHANGED,
     ListPosition,
+    RowChange,
     SessionDump,
     SessionFields,
     SessionKey,
+    StoredRow,
     Totals,
 )
 from .schema import (
@@ -49,13 +62,21 @@ logger = logging.getLogger("agent_sessions")
 
 # message_data is read as bytes (CAST ... AS BLOB) and decoded here: a row that is not valid
 # UTF-8 (a flipped bit) must count as one corrupt row, not fail the fetch of the whole session.
+# Rows come with their clear columns (see agent_sessions.encryption): an encrypted row's
+# skeleton for pruning, and the associated data that authenticates it.
 _DATA = "CAST(message_data AS BLOB)"
-SELECT_ALL_ROWS = f"SELECT id, {_DATA} FROM {MESSAGES_TABLE} WHERE session_id = ? ORDER BY id"
+_ROW = f"id, {_DATA}, is_user, call_key, answer_key, is_reasoning"
+SELECT_ALL_ROWS = f"SELECT {_ROW} FROM {MESSAGES_TABLE} WHERE session_id = ? ORDER BY id"
 SELECT_NEWEST_ROWS = (
-    f"SELECT id, {_DATA} FROM {MESSAGES_TABLE} WHERE session_id = ? ORDER BY id DESC LIMIT ?"
+    f"SELECT {_ROW} FROM {MESSAGES_TABLE} WHERE session_id = ? ORDER BY id DESC LIMIT ?"
 )
 SELECT_ROWS_FROM_OFFSET = (
-    f"SELECT id, {_DATA} FROM {MESSAGES_TABLE} WHERE session_id = ? ORDER BY id LIMIT -1 OFFSET ?"
+    f"SELECT {_ROW} FROM {MESSAGES_TABLE} WHERE session_id = ? ORDER BY id LIMIT -1 OFFSET ?"
+)
+# The newest row's payload prefix, to refuse a write without a key to an encrypted session.
+SELECT_NEWEST_KEY_ID = (
+    f"SELECT substr(message_data, 1, 5) FROM {MESSAGES_TABLE} WHERE session_id = ? "
+    "ORDER BY id DESC LIMIT 1"
 )
 PRUNE_STATE = (
     f"SELECT (SELECT COUNT(*) FROM {MESSAGES_TABLE} WHERE session_id = ?), "
@@ -76,6 +97,12 @@ DELETE_SESSION = f"DELETE FROM {SESSIONS_TABLE} WHERE session_id = ?"
 INSERT_ROW = f"INSERT INTO {MESSAGES_TABLE} (session_id, message_data) VALUES (?, ?)"
 INSERT_SEARCH_ENTRY = (
     f"INSERT INTO {SEARCH_TABLE} (rowid, body, owner, session_id) VALUES (?, ?, ?, ?)"
+)
+"""A plain row without its clear columns (they read as NULL: pruning decodes the payload)."""
+INSERT_ITEM_ROW = (
+    f"INSERT INTO {MESSAGES_TABLE} "
+    "(session_id, message_data, is_user, call_key, answer_key, is_reasoning) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
 )
 UPSERT_SESSION = f"""
     INSERT INTO {SESSIONS_TABLE}
@@ -120,23 +147,25 @@ def read_items(
     session_id: str,
     limit: int | None,
     active_since: float | None = None,
+    keyring: Keyring | None = None,
 ) -> DecodedRows:
     """Return a session's items in order, oldest first, with the SDK's ``limit`` semantics.
 
     ``None`` or a negative limit reads everything, ``0`` reads nothing, ``n > 0`` reads the
     newest ``n`` decodable items (the read window widens past corrupt rows). A session whose
-    last activity is before ``active_since`` has expired and reads as empty.
+    last activity is before ``active_since`` has expired and reads as empty. Encrypted rows
+    are opened with ``keyring`` (see ``encryption.decode_stored`` for what raises).
     """
     if is_expired(conn, session_id, active_since):
         return DecodedRows([], [])
     if limit is None or limit < 0:
-        return decode_rows(conn.execute(SELECT_ALL_ROWS, (session_id,)))
+        return decode_stored(conn.execute(SELECT_ALL_ROWS, (session_id,)), keyring, session_id)
     if limit == 0:
         return DecodedRows([], [])
     window = limit
     while True:
         rows = conn.execute(SELECT_NEWEST_ROWS, (session_id, window)).fetchall()
-        decoded = decode_rows(reversed(rows))
+        decoded = decode_stored(rows[::-1], keyring, session_id)
         if len(decoded.items) >= limit or len(rows) < window:
             return DecodedRows(decoded.items[-limit:], decoded.corrupt_row_ids)
         window *= 2
@@ -161,16 +190,17 @@ def prune(conn: sqlite3.Connection, session_id: str, max_items: int) -> int:
     if late_call_row == LATE_CALL_NONE:
         window = conn.execute(SELECT_ROWS_FROM_OFFSET, (session_id, count - max_items))
         try:
-            for row_id, data in window:  # stepped lazily: usually only a few rows are read
-                if is_user_message(decode_item(data)):
-                    cut_row_id = row_id
+            for row in window:  # stepped lazily: usually only a few rows are read
+                if is_user_message(pruning_item(row)):
+                    cut_row_id = row[0]
                     break
         finally:
             window.close()
         if cut_row_id is not None:
             return int(conn.execute(DELETE_ROWS_BEFORE, (session_id, cut_row_id)).rowcount)
     rows = conn.execute(SELECT_ALL_ROWS, (session_id,)).fetchall()
-    items = [decode_item(data) for _, data in rows]
+    # Encrypted rows are never decrypted here: their skeletons classify exactly as they do.
+    items = [pruning_item(row) for row in rows]
     cut = cut_index(items, max_items)
     late = late_call_index(items[cut:])
     late_row = LATE_CALL_NONE if late is None else rows[cut + late][0]
@@ -191,14 +221,20 @@ def append_items(
     title: str | None = None,
     *,
     index: bool = True,
+    refuse_if_encrypted: bool = False,
 ) -> int:
     """Record activity, insert encoded items and prune, inside the caller's transaction.
 
     An expired session (last activity before ``active_since``) is started afresh first.
     ``title`` becomes the session's title unless it has one.
 
-    ``payloads[i]`` is the JSON text of ``items[i]``; with ``index``, message text is
-    indexed for search. A tool output or approval response
+    ``payloads[i]`` is the JSON text of ``items[i]``, or that text sealed (see
+    ``encryption``); the clear columns are stored either way, and with ``index`` message
+    text is indexed for search. With ``refuse_if_encrypted`` (a session without a key), a
+    session whose newest row is encrypted raises ``EncryptionKeyError`` and nothing is
+    written: plaintext must not be mixed into it.
+
+    A tool output or approval response
     whose call is neither earlier in the batch nor stored is not inserted: that happens when
     an approval is answered so late that pruning already removed its call, and storing it
     would leave an output the model rejects. It is logged as a warning.
@@ -208,6 +244,10 @@ def append_items(
     """
     if is_expired(conn, key.session_id, active_since):
         _start_afresh(conn, key.session_id)
+    elif refuse_if_encrypted:
+        newest = conn.execute(SELECT_NEWEST_KEY_ID, (key.session_id,)).fetchone()
+        if newest is not None and is_encrypted(newest[0]):
+            raise EncryptionKeyError(key.session_id, [], [], writing=True)
     conn.execute(
         UPSERT_SESSION, (key.session_id, key.user_id, key.conversation_id, now, now, title)
     )
@@ -233,7 +273,12 @@ def append_items(
         stored_calls, answered_after_stored_user = found.call_rows, found.answered_after_user
     if answered_after_stored_user or answers_late(items, stored_calls):
         conn.execute(FORGET_LATE_CALL_ROW, (key.session_id,))
-    insert_rows(conn, key.session_id, key.user_id if index else None, rows)
+    insert_rows(
+        conn,
+        key.session_id,
+        key.user_id if index else None,
+        [(item, payload, clear_columns(item)) for item, payload in rows],
+    )
     return prune(conn, key.session_id, max_items)
 
 
@@ -241,20 +286,22 @@ def insert_rows(
     conn: sqlite3.Connection,
     session_id: str,
     index_for: str | None,
-    rows: Sequence[tuple[Item | None, str]],
+    rows: Sequence[tuple[Item | None, str, ClearColumns]],
 ) -> None:
-    """Insert ``(item, payload)`` rows in order, indexing their text as ``index_for``'s.
+    """Insert ``(item, payload, clear columns)`` rows in order, indexing text as ``index_for``'s.
 
     With ``index_for=None`` nothing is indexed (search is off, or the owner is unknown).
     Pruning and every other delete remove the entries again (the trigger of migration 6).
     """
     if index_for is None:
-        conn.executemany(INSERT_ROW, [(session_id, payload) for _, payload in rows])
+        conn.executemany(
+            INSERT_ITEM_ROW, [(session_id, payload, *clear) for _, payload, clear in rows]
+        )
         return
     owner = owner_token(index_for)
     entries = []
-    for item, payload in rows:
-        cursor = conn.execute(INSERT_ROW, (session_id, payload))
+    for item, payload, clear in rows:
+        cursor = conn.execute(INSERT_ITEM_ROW, (session_id, payload, *clear))
         text = indexed_text(item)
         if text is not None:
             entries.append((cursor.lastrowid, text, owner, session_id))
@@ -277,8 +324,9 @@ def _find_stored_calls(conn: sqlite3.Connection, session_id: str, keys: set[str]
     user_after = False
     cursor = conn.execute(SELECT_NEWEST_ROWS, (session_id, -1))
     try:
-        for row_id, data in cursor:
-            item = decode_item(data)
+        for row in cursor:
+            row_id = row[0]
+            item = pruning_item(row)
             if is_user_message(item):
                 user_after = True
             half = pairing(item)
@@ -308,21 +356,28 @@ def session_owner(
 
 
 def pop_newest(
-    conn: sqlite3.Connection, session_id: str, now: float, active_since: float | None = None
+    conn: sqlite3.Connection,
+    session_id: str,
+    now: float,
+    active_since: float | None = None,
+    keyring: Keyring | None = None,
 ) -> Item | None:
     """Delete and return the newest decodable item; corrupt rows are skipped, not deleted.
 
     An expired session (activity before ``active_since``) has none.
+
+    Raises:
+        EncryptionKeyError: if the newest row is encrypted with a key ``keyring`` lacks.
     """
     if is_expired(conn, session_id, active_since):
         return None
     window = 1
     while True:
         rows = conn.execute(SELECT_NEWEST_ROWS, (session_id, window)).fetchall()
-        for row_id, data in rows:
-            item = decode_item(data)
+        for row in rows:
+            item = open_row(row, keyring, session_id)
             if item is not None:
-                conn.execute(DELETE_ROW, (row_id,))
+                conn.execute(DELETE_ROW, (row[0],))
                 conn.execute(TOUCH_SESSION, (now, session_id))
                 return item
         if len(rows) < window:
@@ -341,11 +396,13 @@ def delete_session(conn: sqlite3.Connection, session_id: str) -> int | None:
     return int(deleted) if deleted or existed else None
 
 
-def stored_items(conn: sqlite3.Connection, session_id: str) -> DecodedRows | None:
+def stored_items(
+    conn: sqlite3.Connection, session_id: str, keyring: Keyring | None = None
+) -> DecodedRows | None:
     """All of a session's items, or ``None`` if no session row has this id."""
     if not session_exists(conn, session_id):
         return None
-    return decode_rows(conn.execute(SELECT_ALL_ROWS, (session_id,)))
+    return decode_stored(conn.execute(SELECT_ALL_ROWS, (session_id,)), keyring, session_id)
 
 
 def prune_session(conn: sqlite3.Connection, session_id: str, max_items: int) -> int | None:
@@ -454,12 +511,18 @@ def dump_session(conn: sqlite3.Connection, session_id: str) -> SessionDump | Non
         return None
     _, user_id, conversation_id, created_ts, last_activity_ts, title, metadata = row
     payloads: list[str] = []
+    clear: list[ClearColumns | None] = []
     corrupt = 0
-    for _, data in conn.execute(SELECT_ALL_ROWS, (session_id,)):  # bytes: CAST AS BLOB
-        if decode_item(data) is None:
+    for row in conn.execute(SELECT_ALL_ROWS, (session_id,)):  # bytes: CAST AS BLOB
+        data = row[1]
+        if is_encrypted(data):  # copied sealed, with its clear columns (it cannot be checked)
+            payloads.append(data.decode("ascii", "replace"))
+            clear.append(columns_of(row))
+        elif decode_item(data) is None:
             corrupt += 1
         else:
             payloads.append(data.decode("utf-8"))  # valid: it decoded
+            clear.append(None)
     return SessionDump(
         session_id=session_id,
         user_id=user_id,
@@ -470,6 +533,7 @@ def dump_session(conn: sqlite3.Connection, session_id: str) -> SessionDump | Non
         corrupt_rows=corrupt,
         title=title,
         metadata=metadata,
+        clear=tuple(clear) if any(clear) else (),
     )
 
 
@@ -501,7 +565,12 @@ def load_session(conn: sqlite3.Connection, dump: SessionDump, *, index: bool = T
         ),
     )
     owner = dump.user_id if index else None
-    rows = [(decode_item(payload) if owner else None, payload) for payload in dump.payloads]
+    clear = dump.clear or (None,) * len(dump.payloads)
+    rows: list[tuple[Item | None, str, ClearColumns]] = []
+    for payload, columns in zip(dump.payloads, clear, strict=True):
+        # A sealed payload is copied as stored, with its clear columns, and not indexed.
+        item = None if is_encrypted(payload) else decode_item(payload)
+        rows.append((item if owner else None, payload, columns or clear_columns(item or {})))
     insert_rows(conn, dump.session_id, owner, rows)
 
 
@@ -534,13 +603,23 @@ SELECT_IDLE_BATCH = (
 )
 
 
-def _stats(conn: sqlite3.Connection, row: Sequence[Any]) -> SessionStats:
+def _stats(
+    conn: sqlite3.Connection, row: Sequence[Any], keyring: Keyring | None = None
+) -> SessionStats:
     session_id = row[0]
-    decoded = decode_rows(conn.execute(SELECT_ALL_ROWS, (session_id,)))
-    return _stats_from(row, len(decoded.items), len(decoded.corrupt_row_ids))
+    # Encrypted rows are counted as items without a key (they cannot be checked without one).
+    items = corrupt = 0
+    for stored in conn.execute(SELECT_ALL_ROWS, (session_id,)):
+        if is_encrypted(stored[1]) or decode_item(stored[1]) is not None:
+            items += 1
+        else:
+            corrupt += 1
+    return _stats_from(row, items, corrupt, keyring)
 
 
-def _stats_from(row: Sequence[Any], count: int, corrupt: int | None) -> SessionStats:
+def _stats_from(
+    row: Sequence[Any], count: int, corrupt: int | None, keyring: Keyring | None = None
+) -> SessionStats:
     session_id, user_id, conversation_id, created_ts, last_activity_ts, title, metadata = row[:7]
     return SessionStats(
         session_id=session_id,
@@ -550,9 +629,16 @@ def _stats_from(row: Sequence[Any], count: int, corrupt: int | None) -> SessionS
         corrupt_items=corrupt,
         created_at=from_timestamp(created_ts if created_ts is not None else 0.0),
         last_activity=from_timestamp(last_activity_ts if last_activity_ts is not None else 0.0),
-        title=title if isinstance(title, str) else None,
-        metadata=decode_metadata(metadata if isinstance(metadata, str) else None),
+        title=open_field(keyring, session_id, _text(title), "title", strict=False),
+        metadata=decode_metadata(
+            open_field(keyring, session_id, _text(metadata), "metadata", strict=False)
+        ),
     )
+
+
+def _text(value: object) -> str | None:
+    # A column a hand-written row may hold a number (or bytes) in: not text of ours.
+    return value if isinstance(value, str) else None
 
 
 def session_exists(conn: sqlite3.Connection, session_id: str) -> bool:
@@ -560,10 +646,12 @@ def session_exists(conn: sqlite3.Connection, session_id: str) -> bool:
     return conn.execute(SELECT_SESSION, (session_id,)).fetchone() is not None
 
 
-def session_stats(conn: sqlite3.Connection, session_id: str) -> SessionStats | None:
+def session_stats(
+    conn: sqlite3.Connection, session_id: str, keyring: Keyring | None = None
+) -> SessionStats | None:
     """What is stored for one session, or ``None`` if no session row has this id."""
     row = conn.execute(SELECT_SESSION, (session_id,)).fetchone()
-    return None if row is None else _stats(conn, row)
+    return None if row is None else _stats(conn, row, keyring)
 
 
 def list_sessions(
@@ -573,6 +661,7 @@ def list_sessions(
     offset: int,
     after: ListPosition | None,
     active_since: float | None,
+    keyring: Keyring | None = None,
 ) -> list[tuple[SessionStats, ListPosition]]:
     """Sessions (of ``user_id``, or all), most recent activity first; see the Backend's."""
     conditions: list[str] = []
@@ -594,7 +683,10 @@ def list_sessions(
         f"{LIST_WITH_COUNTS} {where}{LIST_ORDER}", (*params, limit, offset)
     ).fetchall()
     return [
-        (_stats_from(row, int(row[7]), None), ListPosition(float(row[4] or 0.0), row[0]))
+        (
+            _stats_from(row, int(row[7]), None, keyring),
+            ListPosition(float(row[4] or 0.0), row[0]),
+        )
         for row in rows
     ]
 
@@ -625,11 +717,11 @@ def delete_user(conn: sqlite3.Connection, user_id: str) -> tuple[int, int]:
 
 
 def list_idle_sessions(
-    conn: sqlite3.Connection, cutoff: float, limit: int | None
+    conn: sqlite3.Connection, cutoff: float, limit: int | None, keyring: Keyring | None = None
 ) -> list[SessionStats]:
     """Sessions idle since before ``cutoff``, oldest activity first."""
     rows = conn.execute(LIST_IDLE_SESSIONS, (cutoff, -1 if limit is None else limit)).fetchall()
-    return [_stats_from(row, int(row[7]), None) for row in rows]
+    return [_stats_from(row, int(row[7]), None, keyring) for row in rows]
 
 
 # --- search ------------------------------------------------------------------------------
@@ -681,6 +773,7 @@ def search_sessions(
     terms: Sequence[str],
     limit: int,
     active_since: float | None,
+    keyring: Keyring | None = None,
 ) -> list[SearchHit]:
     """See ``Backend.search_sessions``."""
     if not terms:
@@ -697,7 +790,7 @@ def search_sessions(
         SearchHit(
             session_id=session_id,
             conversation_id=conversation_id,
-            title=title,
+            title=open_field(keyring, session_id, _text(title), "title", strict=False),
             snippet=snippet(texts.get(row_id) or "", list(terms)),
             rank=float(rank),
             last_activity=from_timestamp(last_activity if last_activity is not None else 0.0),
@@ -799,3 +892,40 @@ def finish_sweep(
 ) -> None:
     """Record how a sweep ended; inside a write transaction."""
     conn.execute(FINISH_SWEEP, (finished, outcome, sessions_deleted, error, sweep_id))
+
+
+# --- re-encoding rows (rotate-key, encrypt, decrypt) ----------------------------------------
+
+SCAN_ROWS = (
+    f"SELECT session_id, id, message_data, is_user, call_key, answer_key, is_reasoning "
+    f"FROM {MESSAGES_TABLE} WHERE id > ? ORDER BY id LIMIT ?"
+)
+# Compare-and-set: a row a writer deleted (pruned) or changed meanwhile is left alone.
+REPLACE_ROW = (
+    f"UPDATE {MESSAGES_TABLE} SET message_data = ?, is_user = ?, call_key = ?, "
+    "answer_key = ?, is_reasoning = ? WHERE id = ? AND message_data = ?"
+)
+
+
+def scan_rows(conn: sqlite3.Connection, after: int, limit: int) -> list[StoredRow]:
+    """Up to ``limit`` rows with an id above ``after``, in id order."""
+    rows = conn.execute(SCAN_ROWS, (after, limit)).fetchall()
+    return [
+        StoredRow(
+            session_id=row[0],
+            ref=row[1],
+            data=row[2] if isinstance(row[2], str) else bytes(row[2]).decode("utf-8", "replace"),
+            clear=(bool(row[3]), row[4], row[5], bool(row[6])),
+        )
+        for row in rows
+    ]
+
+
+def replace_rows(conn: sqlite3.Connection, changes: Sequence[RowChange]) -> int:
+    """Apply ``changes`` where the row still holds their ``old`` payload; inside a write."""
+    changed = 0
+    for change in changes:
+        changed += conn.execute(
+            REPLACE_ROW, (change.new, *change.clear, change.ref, change.old)
+        ).rowcount
+    return changed
