@@ -62,6 +62,8 @@ _HKDF_SALT = b"agent_sessions.session-key.v1"
 _AAD_ITEM = b"agent_sessions.item.v1\x00"
 _AAD_TEXT = b"agent_sessions.text.v1\x00"
 _CACHED_SESSIONS = 4096  # derived keys kept per keyring (HKDF costs ~10 us)
+_CACHED_ITEMS = 10_000  # opened rows kept per keyring (see Keyring._opened)
+_CACHED_ITEM_CHARS = 16_384  # larger items are opened on every read
 
 ClearColumns = tuple[bool, str | None, str | None, bool]
 """What pruning needs of an item: ``(is_user, call_key, answer_key, is_reasoning)``."""
@@ -269,6 +271,10 @@ class Keyring:
         self.write_key_id: str | None = None if parsed[0] is None else key_id(parsed[0])
         """Id of the key new rows are sealed with; ``None``: they are written in plaintext."""
         self._derived: dict[tuple[str, str], AESGCM] = {}
+        # Rows recently opened, by session, clear columns and sealed bytes (so an edited
+        # column or payload misses and is authenticated afresh): a conversation's history is
+        # read again on every turn, and opening it again would cost most of get_items.
+        self._opened: dict[tuple[str, tuple[Any, ...], bytes], str] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -431,6 +437,7 @@ def decode_stored(
     aeads: dict[bytes, AESGCM | None] = {}
     aads: dict[tuple[Any, ...], bytes] = {}
     a2b = binascii.a2b_base64
+    cache = keyring._opened if keyring is not None else {}
     for row in rows:
         row_id, data = row[0], row[1]
         if type(data) is str:  # PostgreSQL; SQLite's rows come as bytes
@@ -453,24 +460,31 @@ def decode_stored(
                 missing.add(kid.decode("ascii", "replace"))
                 continue
             columns = tuple(row[2:6])
-            aad = aads.get(columns)
-            if aad is None:
-                aad = aads[columns] = _aad(session_id, columns_of(row))
-            try:
-                body = a2b(raw[_BODY_AT:])
-                text = aead.decrypt(body[:_NONCE_BYTES], body[_NONCE_BYTES:], aad)
-            except Exception:  # InvalidTag, bad base64 or length: a damaged or foreign row
-                failed += 1
-                item = None
-            else:
-                opened += 1
-                try:  # codec.decode_rows' fast path; decode_item for everything else
+            cache_key = (session_id, columns, raw)
+            document = cache.get(cache_key)
+            if document is None:
+                aad = aads.get(columns)
+                if aad is None:
+                    aad = aads[columns] = _aad(session_id, columns_of(row))
+                try:
+                    body = a2b(raw[_BODY_AT:])
+                    text = aead.decrypt(body[:_NONCE_BYTES], body[_NONCE_BYTES:], aad)
                     document = text.decode("utf-8", "surrogatepass")
-                    item, end = _DECODER.raw_decode(document)
-                    if end != len(document) or type(item) is not dict:
-                        item = decode_item(document)
-                except (ValueError, RecursionError):
-                    item = None
+                except Exception:  # InvalidTag, bad base64 or length: a damaged or foreign row
+                    failed += 1
+                    corrupt.append(row_id)
+                    continue
+                if len(document) <= _CACHED_ITEM_CHARS:
+                    if len(cache) >= _CACHED_ITEMS:
+                        cache.clear()  # simpler than an LRU; a miss costs one decryption
+                    cache[cache_key] = document
+            opened += 1
+            try:  # codec.decode_rows' fast path; decode_item for everything else
+                item, end = _DECODER.raw_decode(document)
+                if end != len(document) or type(item) is not dict:
+                    item = decode_item(document)
+            except (ValueError, RecursionError):
+                item = None
         if item is None:
             corrupt.append(row_id)
         else:
