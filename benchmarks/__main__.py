@@ -31,7 +31,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
 
 
 def workloads() -> dict[str, Callable[[Any], Any]]:
-    from . import cleanup, memory, multiprocess, reads, turns
+    from . import cleanup, conversations, memory, multiprocess, reads, turns
 
     return {
         "turn_1task": turns.turn_1task,
@@ -42,6 +42,8 @@ def workloads() -> dict[str, Callable[[Any], Any]]:
         "cleanup": cleanup.cleanup,
         "multiprocess": multiprocess.multiprocess,
         "memory": memory.memory,
+        "list_sessions": conversations.list_sessions,
+        "delete_user": conversations.delete_user,
     }
 
 

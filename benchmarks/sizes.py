@@ -13,6 +13,14 @@ FULL: dict[str, dict[str, Any]] = {
     "cleanup": {"idle": 100_000, "active": 1000, "items": 50},
     "multiprocess": {"processes": 4, "duration_s": 10.0, "max_rounds": 3},
     "memory": {"opens": 100_000, "turns": 10_000},
+    "list_sessions": {
+        "sessions": 100_000,
+        "per_user": 100,
+        "items": 20,
+        "users": 1000,
+        "warmup": 50,
+    },
+    "delete_user": {"others": 20_000, "sessions": 1000, "items": [20, 200], "repeats": 3},
 }
 
 QUICK: dict[str, dict[str, Any]] = {
@@ -24,6 +32,8 @@ QUICK: dict[str, dict[str, Any]] = {
     "cleanup": {"idle": 2000, "active": 1000, "items": 50},
     "multiprocess": {"processes": 4, "duration_s": 2.0, "max_rounds": 1},
     "memory": {"opens": 10_000, "turns": 1000},
+    "list_sessions": {"sessions": 5000, "per_user": 100, "items": 10, "users": 100, "warmup": 10},
+    "delete_user": {"others": 1000, "sessions": 100, "items": [20], "repeats": 1},
 }
 
 ROUNDS = {"full": 5, "quick": 2}
