@@ -31,7 +31,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
 
 
 def workloads() -> dict[str, Callable[[Any], Any]]:
-    from . import cleanup, memory, multiprocess, reads, search, turns
+    from . import cleanup, conversations, memory, multiprocess, reads, search, turns
 
     return {
         "turn_1task": turns.turn_1task,
@@ -44,6 +44,8 @@ def workloads() -> dict[str, Callable[[Any], Any]]:
         "memory": memory.memory,
         "search": search.search,
         "turn_search_index": search.turn_search_index,
+        "list_sessions": conversations.list_sessions,
+        "delete_user": conversations.delete_user,
     }
 
 

@@ -52,7 +52,7 @@ def progress(message: str) -> None:
 def release_idle_connections() -> None:
     """Close connections agent_sessions keeps open for reuse (its files are about to go)."""
     try:
-        from agent_sessions import engine
+        from agent_sessions.backends.sqlite import engine
     except ImportError:
         return
     close = getattr(engine, "close_idle_connections", None)

@@ -15,6 +15,14 @@ FULL: dict[str, dict[str, Any]] = {
     "memory": {"opens": 100_000, "turns": 10_000},
     "search": {"conversations": 1000, "items": 200, "ops": 500, "warmup": 25},
     "turn_search_index": {"turns": 300, "warmup": 20},
+    "list_sessions": {
+        "sessions": 100_000,
+        "per_user": 100,
+        "items": 20,
+        "users": 1000,
+        "warmup": 50,
+    },
+    "delete_user": {"others": 20_000, "sessions": 1000, "items": [20, 200], "repeats": 3},
 }
 
 QUICK: dict[str, dict[str, Any]] = {
@@ -28,6 +36,8 @@ QUICK: dict[str, dict[str, Any]] = {
     "memory": {"opens": 10_000, "turns": 1000},
     "search": {"conversations": 100, "items": 50, "ops": 100, "warmup": 10},
     "turn_search_index": {"turns": 60, "warmup": 5},
+    "list_sessions": {"sessions": 5000, "per_user": 100, "items": 10, "users": 100, "warmup": 10},
+    "delete_user": {"others": 1000, "sessions": 100, "items": [20], "repeats": 1},
 }
 
 ROUNDS = {"full": 5, "quick": 2}

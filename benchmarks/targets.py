@@ -62,6 +62,33 @@ def _search_check(summary: dict[str, Any]) -> tuple[str, bool]:
     return f"{fmt(value)} ms", _at_most(value, 20.0)
 
 
+def _page_p99(page: str) -> Check:
+    def check(summary: dict[str, Any]) -> tuple[str, bool]:
+        value = summary[page]["p99_ms"]
+        return f"{fmt(value, 3)} ms", _at_most(value, 5.0)
+
+    return check
+
+
+def _delete_user_writer(summary: dict[str, Any]) -> tuple[str, bool]:
+    """The worst writer max over the item counts run (each is a row of the table)."""
+    worst = max(figures["writer_max_ms"] for figures in summary.values())
+    shown = ", ".join(f"{label} {fmt(f['writer_max_ms'])} ms" for label, f in summary.items())
+    return shown, _at_most(worst, 50.0)
+
+
+CONVERSATION_TARGETS: tuple[tuple[str, str, Check], ...] = (
+    ("list_sessions", "list_sessions first page p99 <= 5 ms", _page_p99("first")),
+    ("list_sessions", "list_sessions following pages p99 <= 5 ms", _page_p99("following")),
+    (
+        "delete_user",
+        "delete_user live writer max latency <= 50 ms",
+        _delete_user_writer,
+    ),
+)
+"""Issue 11's conversation targets, the same on both suites."""
+
+
 def _errors_check(summary: dict[str, Any]) -> tuple[str, bool]:
     errors = summary["agent"]["errors"]
     return f"{errors} errors", errors == 0
@@ -113,6 +140,7 @@ TARGETS: tuple[tuple[str, str, Check], ...] = (
         "turn_1task with search_index on >= 0.9x off",
         _ratio_check("rate_vs_index_off", 0.9),
     ),
+    *CONVERSATION_TARGETS,
 )
 
 

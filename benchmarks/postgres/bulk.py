@@ -1,4 +1,4 @@
-"""Workloads on big tables (agent only): cleanup with a live writer, and listing a user's sessions.
+"""Workloads on big tables (agent only): cleanup with a live writer.
 
 Tables are filled directly, not through ``add_items`` (100,000 sessions would take minutes
 that way): the session rows by ``COPY ... FROM STDIN`` (their ids computed in Python with
@@ -20,21 +20,14 @@ sessions rather than the table's size, the milliseconds per idle session are abo
 The manager's batches (how many sessions each transaction deleted, and how long it took as
 the manager timed it) are read from its debug log.
 
-``list_sessions``: ``SessionManager.list_sessions(user)`` (default limit 50) for random users
-on a table of sessions spread over users (``per_user`` each, all recently active). The same
-statement run bare on one psycopg connection, rows fetched but not decoded, is timed beside it
-(``sql only``) to split the server's part from the library's. A second row lists one more
-user, whose sessions hold 200 realistic turn items each (written with ``add_items``): listing
-reads and decodes every item of every listed session, so its cost follows their content.
+``list_sessions`` and ``delete_user`` are in ``conversations.py`` (which loads as ``load`` does).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
-import random
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -291,132 +284,3 @@ def cleanup(ctx: PgContext) -> Section:
     }
     summary["ms_per_idle_ratio"] = per_idle_ratio
     return Section("cleanup", title, headers, rows, notes, summary, raw)
-
-
-# --- list_sessions --------------------------------------------------------------------------
-
-
-HEAVY_USER = "heavy-user"
-
-
-async def _timed_lists(
-    manager: SessionManager, url: str, picks: list[str], warmup: int
-) -> dict[str, Any]:
-    """``list_sessions(user)`` for each pick (after ``warmup`` of them), then the bare SQL."""
-    for user in picks[:warmup]:
-        await manager.list_sessions(user)
-    stats.settle()
-    latencies: list[int] = []
-    listed = 0
-    for user in picks[warmup:]:
-        start = stats.now_ns()
-        found = await manager.list_sessions(user)
-        latencies.append(stats.now_ns() - start)
-        listed += len(found)
-    bare: list[int] = []
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        params: dict[str, Any] = {"limit": 50, "offset": 0}
-        for user in picks:
-            params["user"] = user
-            start = stats.now_ns()
-            cursor = await conn.execute(pg_sql.LIST_USER_SESSIONS, params)
-            await cursor.fetchall()
-            bare.append(stats.now_ns() - start)
-    return {
-        **stats.latency_summary(latencies),
-        "sessions_per_call": listed / max(1, len(latencies)),
-        "sql_only": stats.latency_summary(bare[warmup:]),
-        "latencies_us": latencies_us(latencies),
-    }
-
-
-async def measure_list(url: str, users: int, per_user: int, sizes: dict[str, Any]) -> Figures:
-    from agent_sessions.backends.postgres import close_pools
-    from agent_sessions.session import PostgresSession
-
-    rng = random.Random(7)
-    ops, warmup = sizes["ops"], sizes["warmup"]
-    picks = [f"user-{rng.randrange(users):07d}" for _ in range(warmup + ops)]
-    manager = SessionManager(database_url=url)
-    try:
-        await manager.open()
-        bulk = await _timed_lists(manager, url, picks, warmup)
-        # One more user, as many sessions, each at the 200-item cap of realistic turn items.
-        for n in range(per_user):
-            session = PostgresSession(
-                HEAVY_USER, f"conv-{n}", database_url=url, max_messages=MAX_MESSAGES
-            )
-            await session.add_items(items.history(MAX_MESSAGES))
-            session.close()
-        capped = await _timed_lists(manager, url, [HEAVY_USER] * (warmup + ops), warmup)
-    finally:
-        await manager.close()
-        await close_pools()
-    return {"bulk": bulk, "capped": capped}
-
-
-def list_sessions(ctx: PgContext) -> Section:
-    sizes = ctx.sizes["list_sessions"]
-    count, per_user, per = sizes["sessions"], sizes["per_user"], sizes["items"]
-    built_s = load(
-        ctx.url, idle=0, active=count, per_session=per, per_user=per_user, base=time.time()
-    )
-    progress(f"list_sessions: loaded {count:,} sessions in {built_s:.1f} s")
-    users = -(-count // per_user)
-    figures = asyncio.run(measure_list(ctx.url, users, per_user, sizes))
-    figures["build_s"] = built_s
-    headers = [
-        "users listed",
-        "items per session",
-        "sessions per call",
-        "calls",
-        "p50 ms",
-        "p99 ms",
-        "max ms",
-        "sql only p50 ms",
-        "sql only p99 ms",
-    ]
-    sample = get_session_id("user-0000000", "conv-0")
-    small = len(f'{{"role": "assistant", "content": "message {per} of {sample}"}}')
-    capped = items.history(MAX_MESSAGES)
-    realistic = sum(len(json.dumps(item)) for item in capped) / len(capped)
-    labels = {
-        "bulk": (f"random, of {users:,}", f"{per}, ~{small} B each"),
-        "capped": (HEAVY_USER, f"{MAX_MESSAGES} turn items, ~{realistic:.0f} B each"),
-    }
-    rows = []
-    for key, (who, content) in labels.items():
-        row, bare = figures[key], figures[key]["sql_only"]
-        rows.append(
-            [
-                who,
-                content,
-                fmt(row["sessions_per_call"], 1),
-                str(row["n"]),
-                fmt(row["p50_ms"], 3),
-                fmt(row["p99_ms"], 3),
-                fmt(row["max_ms"], 2),
-                fmt(bare["p50_ms"], 3),
-                fmt(bare["p99_ms"], 3),
-            ]
-        )
-    notes = [
-        "the target is taken on the first row; the second lists one more user whose "
-        f"{per_user} sessions are at the {MAX_MESSAGES}-item cap of realistic items (written "
-        "with add_items), in the same table",
-        "sql only: the library's LIST_USER_SESSIONS statement on one plain psycopg "
-        "connection, rows fetched but not decoded; it returns every item of every listed "
-        "session, which the library then decodes to count them",
-        f"table loaded by COPY and INSERT ... SELECT in {built_s:.1f} s, then VACUUM (ANALYZE)",
-    ]
-    title = (
-        f"list_sessions: SessionManager.list_sessions(user) on {count:,} sessions "
-        f"({per_user} per user, {per} items each), {sizes['ops']} calls after "
-        f"{sizes['warmup']} warm-up calls (agent only)"
-    )
-    summary = {
-        name: {key: figures[name][key] for key in ("p50_ms", "p99_ms", "max_ms", "n")}
-        for name in ("bulk", "capped")
-    }
-    summary["agent"] = summary["bulk"]
-    return Section("list_sessions", title, headers, rows, notes, summary, figures)

@@ -16,7 +16,14 @@ FULL: dict[str, dict[str, Any]] = {
     "open_per_request": {"sessions": 100, "items": 50, "ops": 500, "warmup": 20},
     "multiprocess": {"processes": 8, "duration_s": 10.0, "max_rounds": 3},
     "cleanup": {"idle": 100_000, "active": 1000, "items": 50},
-    "list_sessions": {"sessions": 100_000, "per_user": 10, "items": 50, "ops": 1000, "warmup": 50},
+    "list_sessions": {
+        "sessions": 100_000,
+        "per_user": 100,
+        "items": 20,
+        "users": 1000,
+        "warmup": 50,
+    },
+    "delete_user": {"others": 20_000, "sessions": 1000, "items": [20, 200], "repeats": 3},
 }
 
 QUICK: dict[str, dict[str, Any]] = {
@@ -27,7 +34,8 @@ QUICK: dict[str, dict[str, Any]] = {
     "open_per_request": {"sessions": 20, "items": 50, "ops": 100, "warmup": 10},
     "multiprocess": {"processes": 4, "duration_s": 1.5, "max_rounds": 1},
     "cleanup": {"idle": 2000, "active": 20, "items": 50},
-    "list_sessions": {"sessions": 5000, "per_user": 10, "items": 50, "ops": 200, "warmup": 20},
+    "list_sessions": {"sessions": 5000, "per_user": 100, "items": 10, "users": 100, "warmup": 10},
+    "delete_user": {"others": 1000, "sessions": 100, "items": [20], "repeats": 1},
 }
 
 ROUNDS = {"full": 5, "quick": 1}

@@ -9,7 +9,8 @@ on one shared ``postgresql+psycopg`` engine); ``open_per_request`` adds
 
 Workloads: ``round_trips`` (counted through a proxy, not timed), ``turn_1task``,
 ``turn_16tasks``, ``get_items_200``, ``open_per_request`` (``workloads.py``), ``multiprocess``
-(``multiprocess.py``), ``cleanup`` and ``list_sessions`` on bulk-loaded tables (``bulk.py``).
+(``multiprocess.py``), ``cleanup`` on bulk-loaded tables (``bulk.py``), ``list_sessions`` and
+``delete_user`` on bulk-loaded tables (``conversations.py``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent.parent / "results" / "postgres-lat
 
 
 def workloads() -> dict[str, Callable[[PgContext], Section]]:
-    from . import bulk, multiprocess, workloads
+    from . import bulk, conversations, multiprocess, workloads
 
     return {
         "round_trips": workloads.round_trips,
@@ -41,7 +42,8 @@ def workloads() -> dict[str, Callable[[PgContext], Section]]:
         "open_per_request": workloads.open_per_request,
         "multiprocess": multiprocess.multiprocess,
         "cleanup": bulk.cleanup,
-        "list_sessions": bulk.list_sessions,
+        "list_sessions": conversations.list_sessions,
+        "delete_user": conversations.delete_user,
     }
 
 
