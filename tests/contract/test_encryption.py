@@ -24,7 +24,14 @@ from agents.testing import ScriptedModel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent_sessions import EncryptionKeyError, generate_key, get_agent_session
+from agent_sessions import (
+    AgentSessionSettings,
+    EncryptionKeyError,
+    SearchUnavailableError,
+    SessionManager,
+    generate_key,
+    get_agent_session,
+)
 from agent_sessions.backends import open_backend
 from agent_sessions.copying import copy_database
 from agent_sessions.encryption import Keyring, stored_key_id
@@ -285,8 +292,14 @@ async def test_no_plaintext_content_is_stored(target: str) -> None:
     with session(target, "marked") as s:
         await s.add_items(items)
         assert await s.get_items() == items
+        assert await s.get_title() == f"my secret {marker}"  # the default title: sealed too
+        await s.set_metadata({"note": marker})
     if is_postgres(target):
-        dump = pg_query(target, "SELECT string_agg(t::text, ' ') FROM agent_sessions_item AS t")
+        dump = pg_query(
+            target,
+            "SELECT (SELECT string_agg(t::text, ' ') FROM agent_sessions_item AS t) || "
+            "(SELECT string_agg(s::text, ' ') FROM agent_sessions_session AS s)",
+        )
         stored = [str(dump[0][0]).encode()]
     else:
         files = [Path(target), Path(target + "-wal")]
@@ -390,3 +403,50 @@ async def test_an_encrypted_database_copies_as_it_is(target: str, tmp_path: Path
     assert (await copy_database(copy, target)).skipped == 1
     with session(target, "copied") as s:
         assert await s.get_items() == [user("q2")]
+
+
+# --- titles, metadata and search of encrypted sessions ----------------------------------------
+
+
+async def test_titles_and_metadata_are_sealed_and_opened_with_the_key(target: str) -> None:
+    with session(target, "titled") as s:
+        await s.add_items([user("Trip to Oslo in May"), assistant("Lovely.")])
+        await s.set_metadata({"channel": "voice"})
+        assert (await s.get_title(), await s.get_metadata()) == (
+            "Trip to Oslo in May",
+            {"channel": "voice"},
+        )
+        session_id = s.session_id
+    async with SessionManager(target, encryption_key=KEY) as manager:
+        (listed,) = await manager.list_sessions("u")
+        assert (listed.title, listed.metadata) == ("Trip to Oslo in May", {"channel": "voice"})
+        await manager.set_title(session_id, "Oslo")
+        assert (await manager.get_session_stats(session_id)).title == "Oslo"
+    # Listing needs no key: without one, sealed fields are not shown (never ciphertext).
+    async with SessionManager(target) as keyless:
+        (listed,) = await keyless.list_sessions("u")
+        assert (listed.title, listed.metadata) == (None, {})
+    # A session's own read without the key raises, as reading its items does.
+    with session(target, "titled", key=None) as s, pytest.raises(EncryptionKeyError):
+        await s.get_title()
+    with session(target, "titled", key=NEW_KEY) as s, pytest.raises(EncryptionKeyError):
+        await s.get_metadata()
+
+
+async def test_search_needs_the_plaintext_index_opted_in(target: str) -> None:
+    with session(target, "sealed") as s:
+        await s.add_items([user("Recipe for sourdough bread")])
+    async with SessionManager(target, encryption_key=KEY) as manager:
+        with pytest.raises(SearchUnavailableError, match="encrypted"):
+            await manager.search_sessions("u", "sourdough")
+    opted_in = AgentSessionSettings(search_plaintext_index=True)
+    with get_agent_session(
+        "u", "indexed", db_path=target, encryption_key=KEY, settings=opted_in
+    ) as s:
+        await s.add_items([user("Recipe for rye bread")])
+    async with SessionManager(target, encryption_key=KEY, settings=opted_in) as manager:
+        hits = await manager.search_sessions("u", "bread")
+    # Only what was written with the plaintext index on is found.
+    assert [(hit.conversation_id, hit.title) for hit in hits] == [
+        ("indexed", "Recipe for rye bread")
+    ]
