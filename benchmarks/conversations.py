@@ -273,7 +273,7 @@ def list_sessions(ctx: Context) -> Section:
 # --- delete_user ----------------------------------------------------------------------------
 
 
-async def measure_delete(path: Path, expected: int) -> Figures:
+async def measure_delete(path: Path, expected: int, in_batches: bool) -> Figures:
     from agent_sessions import AgentSession
 
     writer: Any = AgentSession("live-writer", "conv-1", db_path=path, max_messages=200)
@@ -305,7 +305,7 @@ async def measure_delete(path: Path, expected: int) -> Figures:
         lag = stats.LoopLag()
         watching = asyncio.create_task(lag.watch())
         start = stats.now_ns()
-        deleted = await manager.delete_user(DELETED_USER)
+        deleted = await manager.delete_user(DELETED_USER, in_batches=in_batches)
         seconds = (stats.now_ns() - start) / 1e9
         lag.stop()
         await watching
@@ -340,6 +340,9 @@ def pooled(runs: list[Figures]) -> dict[str, Any]:
     }
 
 
+MODES = (("one transaction", False), ("in batches", True))
+
+
 def delete_user(ctx: Context) -> Section:
     sizes = ctx.sizes["delete_user"]
     others, count, repeats = sizes["others"], sizes["sessions"], sizes["repeats"]
@@ -352,24 +355,32 @@ def delete_user(ctx: Context) -> Section:
         loader.many(0, others, 10, 20, base)
         loader.close()
         built_s = time.perf_counter() - start
-        runs = []
         try:
-            for _ in range(repeats):
-                loader = Loader(path, fresh=False)
-                loader.user(DELETED_USER, count, per, base)
-                loader.close()
-                runs.append(asyncio.run(measure_delete(path, count)))
-                release_idle_connections()
-                progress(
-                    f"delete_user {per} items: {runs[-1]['delete_s'] * 1000:.0f} ms, writer "
-                    f"max {runs[-1]['writer_during']['max_ms']:.1f} ms"
-                )
+            for mode, in_batches in MODES:
+                runs = []
+                for _ in range(repeats):
+                    loader = Loader(path, fresh=False)
+                    loader.user(DELETED_USER, count, per, base)
+                    loader.close()
+                    runs.append(asyncio.run(measure_delete(path, count, in_batches)))
+                    release_idle_connections()
+                    progress(
+                        f"delete_user {per} items, {mode}: {runs[-1]['delete_s'] * 1000:.0f} "
+                        f"ms, writer max {runs[-1]['writer_during']['max_ms']:.1f} ms"
+                    )
+                raw[f"{per} items, {mode}"] = {
+                    **pooled(runs),
+                    "items": per,
+                    "mode": mode,
+                    "build_s": built_s,
+                    "runs": runs,
+                }
         finally:
             release_idle_connections()
             candidates.remove_file(path)
-        raw[f"{per} items"] = {**pooled(runs), "items": per, "build_s": built_s, "runs": runs}
     headers = [
         "items per session",
+        "mode",
         "item rows deleted",
         "runs",
         "delete_user ms (median)",
@@ -388,6 +399,7 @@ def delete_user(ctx: Context) -> Section:
         rows.append(
             [
                 str(figures["items"]),
+                figures["mode"],
                 f"{count * figures['items']:,}",
                 str(repeats),
                 fmt(figures["delete_s"] * 1000, 1),
@@ -407,7 +419,8 @@ def delete_user(ctx: Context) -> Section:
         f"the live writer (another user, {items.PRELOAD_ITEMS} items preloaded) adds a 4-item "
         f"turn every {WRITE_EVERY_S * 1000:.0f} ms; its latency is also measured for "
         f"{IDLE_WRITER_S} s before delete_user starts; writer figures pool all runs",
-        "SQLite's delete_user is one write transaction: a writer waits for all of it",
+        "one transaction (the default on SQLite): a writer waits for all of it; in batches "
+        "(delete_user(..., in_batches=True)): short transactions sized as cleanup's",
     ]
     title = (
         f"delete_user: SessionManager.delete_user() of a user with {count:,} sessions, "

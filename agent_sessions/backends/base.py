@@ -310,11 +310,21 @@ class Backend(Protocol):
         """Up to ``limit`` of a user's session ids greater than ``after``, sorted."""
         ...
 
-    async def delete_user(self, user_id: str) -> tuple[int, int]:
-        """Delete every session of ``user_id`` with all their items.
+    @property
+    def deletes_users_atomically(self) -> bool:
+        """Whether ``delete_user`` is one transaction (else it works in batches)."""
+        ...
 
-        SQLite does it in one transaction; a server backend may work in batches, each a
-        transaction, until none is left.
+    async def delete_user_batch(self, user_id: str, limit: int) -> tuple[int, int]:
+        """Delete up to ``limit`` sessions of ``user_id`` with their items, in one transaction.
+
+        Returns:
+            The sessions and the items deleted (no sessions: none is left).
+        """
+        ...
+
+    async def delete_user(self, user_id: str) -> tuple[int, int]:
+        """Delete every session of ``user_id`` with all their items, in one transaction.
 
         Returns:
             The sessions and the items deleted.

@@ -14,7 +14,7 @@ and following pages timed apart. The same statements run bare on one psycopg con
 both pages is kept in the JSON file.
 
 ``delete_user``: ``SessionManager.delete_user(user)`` of a user with ``sessions`` sessions
-(batches of ``DELETE_USER_BATCH``, each a transaction) while a live ``PostgresSession`` of
+(in batches sized as cleanup's, each a transaction) while a live ``PostgresSession`` of
 another user adds a 4-item turn every 5 ms in the same event loop.
 """
 
@@ -30,7 +30,6 @@ import psycopg
 
 from agent_sessions import SessionManager
 from agent_sessions.backends.postgres import sql as pg_sql
-from agent_sessions.backends.postgres.backend import DELETE_USER_BATCH
 from agent_sessions.backends.postgres.batch import Batch
 from agent_sessions.codec import encode_items
 from agent_sessions.conversations import default_title
@@ -371,7 +370,7 @@ def delete_user(ctx: PgContext) -> Section:
         f"the live writer (another user, {items.PRELOAD_ITEMS} items preloaded) adds a 4-item "
         f"turn every {WRITE_EVERY_S * 1000:.0f} ms; its latency is also measured for "
         f"{IDLE_WRITER_S} s before delete_user starts; writer figures pool all runs",
-        f"PostgreSQL's delete_user deletes {DELETE_USER_BATCH} sessions per transaction; it "
+        "PostgreSQL's delete_user works in batches sized as cleanup's (about 10 ms each); it "
         "locks only the deleted user's rows, so another user's writer waits on no lock",
     ]
     title = (

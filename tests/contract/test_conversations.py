@@ -253,7 +253,10 @@ async def test_setting_a_field_on_an_expired_session_starts_it_afresh(
 # --- a user's data -----------------------------------------------------------------------------
 
 
-async def test_delete_user_leaves_nothing_of_that_user(target: str, clock: FakeClock) -> None:
+@pytest.mark.parametrize("in_batches", [None, True, False])
+async def test_delete_user_leaves_nothing_of_that_user(
+    target: str, clock: FakeClock, in_batches: bool | None
+) -> None:
     mine = [
         await write(
             target, "alice", f"c{n}", [user("q"), call(f"k{n}"), output(f"k{n}")], clock=clock
@@ -262,7 +265,8 @@ async def test_delete_user_leaves_nothing_of_that_user(target: str, clock: FakeC
     ]
     other = await write(target, "bob", "c1", [user("bob's")], clock=clock)
     async with manager_for(target, clock) as manager:
-        assert await manager.delete_user("alice") == 7
+        manager.cleanup_batch_size = 2  # in batches: several of them
+        assert await manager.delete_user("alice", in_batches=in_batches) == 7
         assert await manager.list_sessions("alice", include_expired=True) == []
         assert await manager.delete_user("alice") == 0
         assert await manager.get_items(other) == [user("bob's")]

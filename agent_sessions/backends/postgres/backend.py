@@ -52,9 +52,6 @@ logger = logging.getLogger("agent_sessions")
 
 Connection = psycopg.AsyncConnection[Any]
 
-DELETE_USER_BATCH = 100
-"""Sessions ``delete_user`` deletes per transaction."""
-
 DEFAULT_STATEMENT_TIMEOUT = 30.0
 """Seconds a statement may run, waiting for another writer's lock included."""
 
@@ -722,25 +719,31 @@ class PostgresBackend:
         params = {"user": _check_text(user_id, "user_id"), "after": after or "", "limit": limit}
         return [row[0] for row in await self._fetchall(sql.USER_SESSION_IDS, params)]
 
+    @property
+    def deletes_users_atomically(self) -> bool:
+        """``False``: ``delete_user`` defaults to batches (row locks block no other user)."""
+        return False
+
+    async def delete_user_batch(self, user_id: str, limit: int) -> tuple[int, int]:
+        """See ``Backend.delete_user_batch``: the rows are locked, then deleted."""
+        return await self._delete_user_sessions(user_id, limit)
+
     async def delete_user(self, user_id: str) -> tuple[int, int]:
-        """See ``Backend.delete_user``: batches of ``DELETE_USER_BATCH`` sessions."""
-        params: dict[str, Any] = {
-            "user": _check_text(user_id, "user_id"),
-            "limit": DELETE_USER_BATCH,
-        }
-        sessions = items = 0
-        while True:
-            async with self._transaction() as conn:
-                batch = await conn.execute(sql.LOCK_USER_BATCH, params)
-                params["ids"] = [row[0] for row in await batch.fetchall()]
-                if not params["ids"]:
-                    return sessions, items
-                deleted_items = await conn.execute(sql.DELETE_BATCH_ITEMS, params)
-                await conn.execute(sql.DELETE_IDLE_TURN_LOCKS, params)
-                deleted = await conn.execute(sql.DELETE_BATCH_SESSIONS, params)
-            row = await deleted_items.fetchone()
-            items += int(row[0]) if row is not None else 0
-            sessions += deleted.rowcount
+        """See ``Backend.delete_user``: here one transaction, every session locked first."""
+        return await self._delete_user_sessions(user_id, None)
+
+    async def _delete_user_sessions(self, user_id: str, limit: int | None) -> tuple[int, int]:
+        params: dict[str, Any] = {"user": _check_text(user_id, "user_id"), "limit": limit}
+        async with self._transaction() as conn:
+            batch = await conn.execute(sql.LOCK_USER_BATCH, params)  # LIMIT NULL: all
+            params["ids"] = [row[0] for row in await batch.fetchall()]
+            if not params["ids"]:
+                return 0, 0
+            deleted_items = await conn.execute(sql.DELETE_BATCH_ITEMS, params)
+            await conn.execute(sql.DELETE_IDLE_TURN_LOCKS, params)
+            deleted = await conn.execute(sql.DELETE_BATCH_SESSIONS, params)
+        row = await deleted_items.fetchone()
+        return deleted.rowcount, int(row[0]) if row is not None else 0
 
     async def list_idle_sessions(self, cutoff: float, limit: int | None) -> list[SessionStats]:
         """Sessions whose last activity is before ``cutoff``, oldest activity first."""

@@ -379,6 +379,15 @@ class SQLiteBackend:
         """See ``Backend.user_session_ids``."""
         return await self._run(lambda conn: sql.user_session_ids(conn, user_id, after, limit))
 
+    @property
+    def deletes_users_atomically(self) -> bool:
+        """``True``: ``delete_user`` is one transaction."""
+        return True
+
+    async def delete_user_batch(self, user_id: str, limit: int) -> tuple[int, int]:
+        """See ``Backend.delete_user_batch``."""
+        return await self._run(lambda conn: sql.delete_user_batch(conn, user_id, limit), write=True)
+
     async def delete_user(self, user_id: str) -> tuple[int, int]:
         """See ``Backend.delete_user``: one transaction."""
         return await self._run(lambda conn: sql.delete_user(conn, user_id), write=True)

@@ -708,6 +708,21 @@ def user_session_ids(
     return [row[0] for row in conn.execute(LIST_USER_SESSION_IDS, (user_id, after or "", limit))]
 
 
+SELECT_USER_BATCH = f"SELECT session_id FROM {SESSIONS_TABLE} WHERE user_id = ? LIMIT ?"
+
+
+def delete_user_batch(conn: sqlite3.Connection, user_id: str, limit: int) -> tuple[int, int]:
+    """Delete up to ``limit`` of a user's sessions with their rows; inside a write transaction."""
+    ids = [row[0] for row in conn.execute(SELECT_USER_BATCH, (user_id, limit))]
+    if not ids:
+        return 0, 0
+    marks = ", ".join("?" * len(ids))
+    rows = conn.execute(f"DELETE FROM {MESSAGES_TABLE} WHERE session_id IN ({marks})", ids)
+    conn.execute(f"DELETE FROM {TURN_LOCKS_TABLE} WHERE session_id IN ({marks})", ids)
+    sessions = conn.execute(f"DELETE FROM {SESSIONS_TABLE} WHERE session_id IN ({marks})", ids)
+    return int(sessions.rowcount), int(rows.rowcount)
+
+
 def delete_user(conn: sqlite3.Connection, user_id: str) -> tuple[int, int]:
     """Delete a user's sessions with their rows and locks; inside one write transaction."""
     rows = conn.execute(DELETE_USER_ROWS, (user_id,)).rowcount
