@@ -217,3 +217,77 @@ def test_exit_codes(target: str, stage: str, capsys: pytest.CaptureFixture[str])
     assert stored_rows(target) == before, "a failing command changed the database"
     code, _ = run("--db", target, "list")
     assert code == 0
+
+
+# --- conversations: titles, cursors, a user's data ------------------------------------------
+
+
+def test_list_pages_by_cursor_and_shows_titles(
+    target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    populate(target)
+    capsys.readouterr()
+    code, output = run("--db", target, "list", "--user", "alice", "--limit", "1", "--json")
+    first = json.loads(output)
+    cursor = capsys.readouterr().err.strip().removeprefix("next page: --cursor ")
+    assert (code, [s["session_id"] for s in first]) == (0, [ALICE_1])
+    assert first[0]["title"] == "hello"
+    code, output = run(
+        "--db", target, "list", "--user", "alice", "--limit", "1", "--cursor", cursor, "--json"
+    )
+    assert (code, [s["session_id"] for s in json.loads(output)]) == (0, [ALICE_2])
+    assert capsys.readouterr().err == ""  # the last page: no next cursor
+    code, output = run("--db", target, "list")
+    assert code == 0
+    assert "TITLE" in output.splitlines()[0]
+    assert "what's the weather" not in output  # the title is the first user message
+    code, output = run("--db", target, "list", "--active", "--json")
+    assert BOB not in {s["session_id"] for s in json.loads(output)}  # idle 30 days: expired
+    code, _ = run("--db", target, "list", "--cursor", "not-a-cursor")
+    assert code == 2
+    assert "cursor" in capsys.readouterr().err
+
+
+def test_export_user_as_json_and_markdown(target: str, tmp_path: Path) -> None:
+    populate(target)
+    code, output = run("--db", target, "export", "--user", "alice")
+    document = json.loads(output)
+    assert (code, document["user_id"]) == (0, "alice")
+    assert sorted(c["session_id"] for c in document["conversations"]) == [ALICE_1, ALICE_2]
+    assert {len(c["items"]) for c in document["conversations"]} == {2, len(TOOL_CONVERSATION)}
+    folder = tmp_path / "alice"
+    code, _ = run(
+        "--db", target, "export", "--user", "alice", "--format", "markdown", "--output", str(folder)
+    )
+    assert code == 0
+    assert sorted(path.name for path in folder.iterdir()) == ["c1.md", "c2.md"]
+    assert "**Tool call** `get_weather" in (folder / "c1.md").read_text()
+    code, _ = run("--db", target, "export", ALICE_1, "--output", str(tmp_path / "x.json"))
+    assert code == 2  # --output is for --user
+
+
+def test_delete_user_asks_first_unless_yes(
+    target: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    populate(target)
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # not a terminal: refuses
+    code, _ = run("--db", target, "delete-user", "alice")
+    assert code == 2
+    assert "--yes" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", Terminal("n\n"))
+    code, output = run("--db", target, "delete-user", "alice")
+    assert (code, output) == (1, "nothing deleted\n")
+    assert ALICE_1 in stored_rows(target)
+    monkeypatch.setattr("sys.stdin", Terminal("y\n"))
+    code, output = run("--db", target, "delete-user", "alice")
+    assert (code, output) == (0, "deleted 2 session(s) of user 'alice'\n")
+    code, output = run("--db", target, "delete-user", "bob", "--yes")
+    assert (code, output) == (0, "deleted 1 session(s) of user 'bob'\n")
+    assert stored_rows(target) == {}
+    code, output = run("--db", target, "delete-user", "nobody")
+    assert (code, output) == (0, "user 'nobody' has no sessions\n")
