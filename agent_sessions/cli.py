@@ -14,12 +14,13 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO, cast
 
 from .backends import close_server_pools, is_url, open_backend
 from .copying import CopyReport
+from .durations import format_duration
 from .errors import (
     AgentSessionsError,
     InvalidArgumentError,
@@ -309,9 +310,9 @@ async def _stats(manager: SessionManager, args: argparse.Namespace, out: TextIO)
     }
     oldest = health.oldest_activity
     # The CLI's own settings, not facts about the file: the sessions in it may have been
-    # written with another max_messages. Active and idle are counted with retention_days.
+    # written with another max_messages. Active and idle are counted with the retention.
     settings: dict[str, Any] = {
-        "retention_days": manager.retention_days,
+        "retention": format_duration(manager.retention),
         "max_messages": manager.max_messages,
     }
     for name in ("warn_average_items", "warn_active_sessions"):
@@ -534,11 +535,21 @@ async def _clear(manager: SessionManager, args: argparse.Namespace, out: TextIO)
     return EXIT_OK
 
 
+def _idle_period(manager: SessionManager, days: int | None) -> str:
+    """The idle time cleanup uses, as a person reads it: ``7 day(s)``, or ``30m``."""
+    if days is not None:
+        return f"{days} day(s)"
+    period = manager.retention
+    if period % timedelta(days=1) == timedelta(0):
+        return f"{period.days} day(s)"
+    return format_duration(period)
+
+
 async def _cleanup(manager: SessionManager, args: argparse.Namespace, out: TextIO) -> int:
-    days = args.retention_days or manager.retention_days
+    period = _idle_period(manager, args.retention_days)
     if not args.dry_run:
         count = await manager.cleanup_inactive_sessions(retention_days=args.retention_days)
-        out.write(f"deleted {count} session(s) idle for more than {days} day(s)\n")
+        out.write(f"deleted {count} session(s) idle for more than {period}\n")
         return EXIT_OK
     # Listing reads every item of each session listed; the count is one indexed query.
     idle = await manager.list_inactive_sessions(
@@ -555,7 +566,7 @@ async def _cleanup(manager: SessionManager, args: argparse.Namespace, out: TextI
         if count > len(idle):
             out.write(f"... and {count - len(idle)} more (--limit {args.limit})\n")
         out.write("\n")
-    out.write(f"would delete {count} session(s) idle for more than {days} day(s)\n")
+    out.write(f"would delete {count} session(s) idle for more than {period}\n")
     return EXIT_OK
 
 

@@ -89,7 +89,7 @@ def validate_title(title: object) -> str | None:
         raise InvalidArgumentError(
             f"title is {len(text)} characters long; the limit is {MAX_TITLE_LENGTH}"
         )
-    if not all(_printable(char) or char == " " for char in text):
+    if not all((_printable(char) and char not in "\u2028\u2029") or char == " " for char in text):
         raise InvalidArgumentError("title must not contain control or non-printable characters")
     return text
 
@@ -142,6 +142,20 @@ def encode_cursor(position: ListPosition) -> str:
     return base64.urlsafe_b64encode(raw.encode("utf-8")).decode("ascii").rstrip("=")
 
 
+# A position is POSIX seconds (SQLite) or microseconds (PostgreSQL) of a datetime: within
+# what datetime holds in microseconds, anything a backend made fits, and nothing overflows.
+_EARLIEST_POSITION = -62_135_596_800 * 10**6
+_LATEST_POSITION = 253_402_300_799 * 10**6
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no stored id holds one
+        return False
+    return True
+
+
 def decode_cursor(cursor: object) -> ListPosition:
     """The position a cursor from ``encode_cursor`` names.
 
@@ -159,9 +173,10 @@ def decode_cursor(cursor: object) -> ListPosition:
         version != _CURSOR_VERSION
         or isinstance(activity, bool)
         or not isinstance(activity, int | float)
-        or activity != activity
-        or abs(activity) > 2**62
+        or not _EARLIEST_POSITION <= activity <= _LATEST_POSITION
         or not isinstance(session_id, str)
+        or "\x00" in session_id
+        or not _utf8(session_id)
     ):
         raise InvalidArgumentError("cursor is not a cursor from list_sessions")
     return ListPosition(activity=activity, session_id=session_id)

@@ -18,8 +18,9 @@ _WHOLE = re.compile(r"(?:\s*\d+\s*[smhdw])+\s*")
 def parse_duration(value: object, what: str = "duration") -> timedelta:
     """Return ``value`` as a positive ``timedelta``.
 
-    Accepts a ``timedelta``, a number of seconds, or text made of whole numbers with a unit
-    each: ``s``, ``m``, ``h``, ``d`` or ``w`` (``"30m"``, ``"1h30m"``, ``"7d"``).
+    Accepts a ``timedelta``, or text made of whole numbers with a unit each: ``s``, ``m``,
+    ``h``, ``d`` or ``w`` (``"30m"``, ``"1h30m"``, ``"7d"``). A bare number is refused: it
+    could mean seconds, minutes or days.
 
     Raises:
         InvalidArgumentError: naming ``what`` if it is not a duration, not positive, or longer
@@ -27,14 +28,12 @@ def parse_duration(value: object, what: str = "duration") -> timedelta:
     """
     if isinstance(value, timedelta):
         duration = value
-    elif isinstance(value, bool):
-        raise InvalidArgumentError(f"{what} must be a duration such as '30m', not a bool")
     elif isinstance(value, int | float):
-        if value != value or value in (float("inf"), float("-inf")):
-            raise InvalidArgumentError(f"{what} must be a finite number of seconds")
-        if abs(value) > MAX_DURATION.total_seconds():
-            raise InvalidArgumentError(f"{what} must be at most {MAX_DURATION.days} days")
-        duration = timedelta(seconds=value)
+        # 30 could mean seconds, minutes or days: a unit is required.
+        raise InvalidArgumentError(
+            f"{what} must be a duration with a unit such as '30s', '30m' or '7d', or a "
+            f"timedelta, not the bare number {value!r}"
+        )
     elif isinstance(value, str):
         text = value.strip().lower()
         if not _WHOLE.fullmatch(text):

@@ -423,14 +423,15 @@ def decode_stored(
 
     Raises:
         EncryptionKeyError: naming the session, if a row was sealed with a key that is not
-            configured (or none is), or if no sealed row could be opened at all.
+            configured (or none is). A row sealed with a configured key that does not
+            authenticate (damaged, tampered with, another session's) is skipped as corrupt.
     """
     rows = rows if isinstance(rows, list) else list(rows)
     if not any(is_encrypted(row[1]) for row in rows):  # a plain session: codec's fast loop
         return decode_rows([(row[0], row[1]) for row in rows])
     items: list[Item] = []
     corrupt: list[int] = []
-    opened = failed = 0
+    failed = 0
     missing: set[str] = set()
     # The per-row work is most of get_items' cost: the session's cipher per key id and the
     # associated data per distinct clear columns are looked up once per call.
@@ -478,7 +479,6 @@ def decode_stored(
                     if len(cache) >= _CACHED_ITEMS:
                         cache.clear()  # simpler than an LRU; a miss costs one decryption
                     cache[cache_key] = document
-            opened += 1
             try:  # codec.decode_rows' fast path; decode_item for everything else
                 item, end = _DECODER.raw_decode(document)
                 if end != len(document) or type(item) is not dict:
@@ -489,7 +489,14 @@ def decode_stored(
             corrupt.append(row_id)
         else:
             items.append(item)
-    if missing or (failed and not opened):
+    if failed:
+        logger.warning(
+            "session %r: %d encrypted row(s) failed authentication (damaged, tampered with, or "
+            "moved from another session); skipped",
+            session_id,
+            failed,
+        )
+    if missing:
         known = [] if keyring is None else list(keyring.key_ids)
         raise EncryptionKeyError(session_id, sorted(missing), known)
     return DecodedRows(items, corrupt)

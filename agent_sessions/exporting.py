@@ -50,12 +50,49 @@ async def json_chunks(
         "user_id": user_id,
         "exported_at": timestamp(exported_at),
     }
-    yield json.dumps(head, ensure_ascii=False)[:-1] + ', "conversations": ['
+    yield _json_text(head)[:-1] + ', "conversations": ['
     separator = "\n"
     async for conversation in conversations:
-        yield separator + json.dumps(conversation_json(conversation), ensure_ascii=False)
+        yield separator + _json_text(conversation_json(conversation))
         separator = ",\n"
     yield "\n]}\n"
+
+
+def _json_text(value: object) -> str:
+    """JSON text that encodes as UTF-8.
+
+    Non-ASCII stays readable, unless a lone surrogate (which an item may hold, and UTF-8
+    cannot) makes the escaped form necessary.
+    """
+    text = json.dumps(value, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value)
+    return text
+
+
+def _replace_surrogates(text: str) -> str:
+    return text.encode("utf-8", "replace").decode("utf-8") if _has_surrogate(text) else text
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def utf8_safe(value: Any) -> Any:
+    """``value`` (JSON-like) with each lone surrogate in its strings replaced by ``?``."""
+    if isinstance(value, str):
+        return _replace_surrogates(value)
+    if isinstance(value, list):
+        return [utf8_safe(item) for item in value]
+    if isinstance(value, dict):
+        return {utf8_safe(key): utf8_safe(item) for key, item in value.items()}
+    return value
 
 
 def content_text(content: object) -> str:
@@ -107,8 +144,8 @@ def render_markdown(stats: SessionStats, items: Sequence[Mapping[str, Any]]) -> 
 
 
 def conversation_markdown(conversation: ConversationExport) -> str:
-    """One exported conversation as a Markdown transcript."""
-    return render_markdown(conversation.session, conversation.items)
+    """One exported conversation as a Markdown transcript (UTF-8 safe: see ``utf8_safe``)."""
+    return _replace_surrogates(render_markdown(conversation.session, conversation.items))
 
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._@+-]+")

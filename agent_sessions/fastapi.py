@@ -36,12 +36,13 @@ from . import errors
 from .conversations import encode_metadata, validate_title
 from .errors import (
     ConfigurationError,
+    EncryptionKeyError,
     InvalidArgumentError,
     SessionClosedError,
     SessionNotFoundError,
     StorageError,
 )
-from .exporting import conversation_markdown, json_chunks
+from .exporting import conversation_markdown, json_chunks, utf8_safe
 from .ids import get_session_id, normalize_identifier
 from .manager import SessionManager
 from .models import SessionStats
@@ -174,6 +175,13 @@ def _http_errors() -> Iterator[None]:
         logger.warning("conversations API: %s", exc)
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, "the conversation store is unavailable"
+        ) from exc
+    except EncryptionKeyError as exc:
+        # The server lacks the key the conversation was sealed with: its setup, not the
+        # request. Logged (key ids only, never a key); the client learns nothing of keys.
+        logger.error("conversations API: %s", exc)
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "the conversation cannot be read"
         ) from exc
 
 
@@ -405,7 +413,8 @@ def conversations_router(
             stats = await _owned(manager, user, conversation_id)
             items = await manager.get_items(stats.session_id)
         summary = _summary(stats, conversation_id)
-        return Conversation(**summary.model_dump(), items=items)
+        # JSON text must be UTF-8: a lone surrogate an item was stored with is replaced.
+        return Conversation(**summary.model_dump(), items=utf8_safe(items))
 
     @router.patch(
         "/{conversation_id}", summary="Rename a conversation", responses=_NOT_FOUND_RESPONSE

@@ -130,7 +130,7 @@ def test_stats_text(populated: Path) -> None:
     assert re.fullmatch(rf"\d+\.\d (kB|MB) \({bytes_on_disk} bytes\)", size), (size, output)
     heading, _, settings = settings.partition("\n")
     assert heading == "settings (not stored in the database)", output
-    assert text_fields(settings) == {"retention days": "7", "max messages": "200"}, output
+    assert text_fields(settings) == {"retention": "7d", "max messages": "200"}, output
 
 
 def test_stats_json(populated: Path) -> None:
@@ -152,7 +152,7 @@ def test_stats_json(populated: Path) -> None:
         "write_latency_p50": None,  # this process's, and the CLI writes nothing
         "write_latency_p95": None,
         "write_samples": 0,
-        "settings": {"retention_days": 7, "max_messages": 200},
+        "settings": {"retention": "7d", "max_messages": 200},
     }
 
 
@@ -171,7 +171,7 @@ def test_stats_shows_the_last_sweep_and_the_thresholds_crossed(
     assert sweep["started_at"] <= sweep["finished_at"]
     assert stats["thresholds_crossed"] == ["active_sessions"]
     assert stats["settings"] == {
-        "retention_days": 7,
+        "retention": "7d",
         "max_messages": 200,
         "warn_average_items": 10.0,
         "warn_active_sessions": 1,
@@ -199,13 +199,13 @@ def test_stats_does_not_present_the_clis_settings_as_the_databases(db_path: Path
     code, output = run("--db", db_path, "stats", "--json")
     assert code == 0
     summary = json.loads(output)
-    assert summary["settings"] == {"retention_days": 7, "max_messages": 200}
-    assert not {"max_messages", "retention_days"} & set(summary), summary
+    assert summary["settings"] == {"retention": "7d", "max_messages": 200}
+    assert not {"max_messages", "retention"} & set(summary), summary
     code, output = run("--db", db_path, "stats")
     assert code == 0
     stored, _, settings = output.partition("\n\n")
     assert "max messages" not in stored, output
-    assert "retention days" not in stored, output
+    assert "retention" not in stored, output
     assert settings.startswith("settings (not stored in the database)\n"), output
 
 
@@ -218,7 +218,7 @@ def test_stats_reads_settings_from_the_environment(
     code, output = run("stats", "--json")
     assert code == 0
     summary = json.loads(output)
-    assert (summary["database"], summary["settings"]["retention_days"]) == (str(populated), 60)
+    assert (summary["database"], summary["settings"]["retention"]) == (str(populated), "60d")
     assert (summary["active_sessions"], summary["idle_sessions"]) == (3, 0), summary
 
 

@@ -109,7 +109,7 @@ def test_stats_list_show_export(target: str) -> None:
         "write_latency_p50": None,
         "write_latency_p95": None,
         "write_samples": 0,
-        "settings": {"retention_days": 7, "max_messages": 200},
+        "settings": {"retention": "7d", "max_messages": 200},
     }
     code, text = run("--db", target, "stats")
     assert code == 0
@@ -291,3 +291,20 @@ def test_delete_user_asks_first_unless_yes(
     assert stored_rows(target) == {}
     code, output = run("--db", target, "delete-user", "nobody")
     assert (code, output) == (0, "user 'nobody' has no sessions\n")
+
+
+def test_a_retention_in_minutes_is_what_cleanup_says_and_uses(
+    target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    populate(target)  # alice's sessions are seconds old, bob's 30 days
+    monkeypatch.setenv("AGENT_SESSION_RETENTION", "30m")
+    from agent_sessions.settings import get_settings
+
+    get_settings.cache_clear()
+    code, output = run("--db", target, "cleanup", "--dry-run")
+    assert (code, output.splitlines()[-1]) == (
+        0,
+        "would delete 1 session(s) idle for more than 30m",
+    )
+    code, output = run("--db", target, "stats", "--json")
+    assert json.loads(output)["settings"]["retention"] == "30m"

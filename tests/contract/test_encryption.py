@@ -264,6 +264,24 @@ async def test_a_tampered_row_is_skipped_and_counted(
     assert any("skipped 1 corrupt row" in r.getMessage() for r in caplog.records)
 
 
+async def test_a_damaged_only_row_is_skipped_not_a_key_error(
+    target: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The key is configured: a row that does not authenticate is damage, not a wrong key,
+    # even when it is the only one; the conversation goes on.
+    with session(target, "damaged") as s:
+        await s.add_items([user("only")])
+        (row,) = [data for sid, data in raw_rows(target) if sid == s.session_id]
+        raw_update(
+            target, s.session_id, 0, row[:-8] + ("A" * 8 if row[-8:] != "A" * 8 else "B" * 8)
+        )
+        with caplog.at_level(logging.WARNING, logger="agent_sessions"):
+            assert await s.get_items() == []
+        await s.add_items([user("next")])
+        assert await s.get_items() == [user("next")]
+    assert any("failed authentication" in r.getMessage() for r in caplog.records)
+
+
 async def test_a_row_swapped_between_sessions_fails_authentication(target: str) -> None:
     with session(target, "alice") as a, session(target, "bob") as b:
         await a.add_items([user("alice's secret")])
