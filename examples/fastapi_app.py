@@ -11,6 +11,10 @@ Then ``curl -X POST localhost:8000/chat -H 'content-type: application/json'
 ``curl localhost:8000/conversations -H 'X-User: ada'`` lists ada's conversations (the
 ``X-User`` header stands in for real authentication; without it the API answers 401).
 
+``/chat`` and ``/users/{user_id}/sessions`` take the user id from the request itself, to keep
+the demo to one ``curl``: they are not authenticated, and an app must not ship them so. Take
+the user from your authentication, as the ``/conversations`` routes do (``current_user``).
+
 Without ``OPENAI_API_KEY`` the agent runs on ``EchoModel``, which echoes the message, so
 the app works offline. Several workers may share one database file: each one
 opens its sessions on it, and each runs the cleanup job (a second run finds nothing left).
@@ -184,6 +188,7 @@ app.include_router(conversations_router(current_user, manager=session_manager))
 
 @app.post("/chat")
 async def chat(request: ChatRequest) -> ChatResponse:
+    """One chat turn. Demo only: the user id comes from the body, not from authentication."""
     try:
         session = get_agent_session(request.user_id, request.conversation_id)
     except InvalidIdentifierError as exc:
@@ -204,6 +209,7 @@ async def chat(request: ChatRequest) -> ChatResponse:
 
 @app.get("/users/{user_id}/sessions")
 async def user_sessions(user_id: str) -> list[dict[str, Any]]:
+    """Any user's sessions. Demo only (an operator's view): guard it in a real app."""
     try:
         sessions = await app.state.manager.list_sessions(user_id)
     except InvalidIdentifierError as exc:
