@@ -75,7 +75,7 @@ SELECT_ROWS_FROM_OFFSET = (
 )
 # The newest row's payload prefix, to refuse a write without a key to an encrypted session.
 SELECT_NEWEST_KEY_ID = (
-    f"SELECT substr(message_data, 1, 5) FROM {MESSAGES_TABLE} WHERE session_id = ? "
+    f"SELECT substr(CAST(message_data AS BLOB), 1, 5) FROM {MESSAGES_TABLE} WHERE session_id = ? "
     "ORDER BY id DESC LIMIT 1"
 )
 PRUNE_STATE = (
