@@ -669,7 +669,9 @@ async def _rekey(settings: AgentSessionSettings, args: argparse.Namespace, out: 
         "items_changed_meanwhile": report.raced,
         "items_with_unknown_key": report.unknown_key,
         "items_unreadable": report.unreadable,
-        "items_remaining": report.remaining,
+        "titles_and_metadata_changed": report.fields_changed,
+        "titles_and_metadata_unreadable": report.fields_unreadable,
+        "remaining": report.remaining,
         "verified": report.verified,
     }
     if args.json:

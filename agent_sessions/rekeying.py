@@ -17,18 +17,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from .backends.base import Backend, RowChange, StoredRow
+from .backends.base import Backend, FieldsChange, RowChange, StoredFields, StoredRow
 from .codec import decode_item
 from .encryption import (
     PLAINTEXT,
     Keyring,
     _aad,
+    _text_aad,
     _Undecryptable,
     clear_columns,
     is_encrypted,
     stored_key_id,
 )
-from .errors import StorageBusyError
+from .errors import EncryptionKeyError, StorageBusyError
 
 logger = logging.getLogger("agent_sessions")
 
@@ -56,8 +57,13 @@ class RekeyReport:
     """Rows sealed with a key that is not configured (left alone)."""
     unreadable: int = 0
     """Rows that fail authentication (tampered or damaged; left alone)."""
+    fields_changed: int = 0
+    """Sessions whose title or metadata this run re-encoded."""
+    fields_unreadable: int = 0
+    """Sessions whose title or metadata no configured key opens (left alone)."""
     remaining: int = 0
-    """Rows not in the wanted form at the final check (0: done and verified)."""
+    """Rows, and sessions' titles or metadata, not in the wanted form at the final check (0:
+    done and verified)."""
 
     @property
     def verified(self) -> bool:
@@ -108,6 +114,51 @@ async def _replace(backend: Backend, changes: list[RowChange]) -> int:
     return 0  # pragma: no cover
 
 
+_FIELDS = ("title", "metadata")
+
+
+def _reencode_fields(
+    stored: StoredFields, keyring: Keyring, kid: str | None, report: RekeyReport
+) -> FieldsChange | None:
+    """The change that puts a session's title and metadata in the wanted form, if any."""
+    sid = stored.session_id
+    new: dict[str, str | None] = {}
+    for name in _FIELDS:
+        value = getattr(stored, name)
+        if value is None or _in_target(value, kid):
+            new[name] = value
+            continue
+        try:
+            text = keyring.decrypt_text(sid, value, context=name)
+        except EncryptionKeyError:
+            report.fields_unreadable += 1
+            return None
+        sealed = text if kid is None else keyring._seal(kid, sid, text, _text_aad(sid, name))
+        if keyring.decrypt_text(sid, sealed, context=name) != text:  # verified before written
+            raise AssertionError(f"re-encoding the {name} of {sid!r} did not round-trip")
+        new[name] = sealed
+    if (new["title"], new["metadata"]) == (stored.title, stored.metadata):
+        return None
+    return FieldsChange(sid, stored, new["title"], new["metadata"])
+
+
+async def _reencode_all_fields(
+    backend: Backend, keyring: Keyring, kid: str | None, report: RekeyReport, batch_size: int
+) -> None:
+    after: str | None = None
+    while fields := await backend.scan_session_fields(after, batch_size):
+        after = fields[-1].session_id
+        changes = [
+            change
+            for stored in fields
+            if (change := _reencode_fields(stored, keyring, kid, report)) is not None
+        ]
+        if changes:
+            written = await backend.replace_session_fields(changes)
+            report.fields_changed += written
+            report.raced += len(changes) - written
+
+
 async def reencode_all(
     backend: Backend,
     keyring: Keyring,
@@ -133,6 +184,7 @@ async def reencode_all(
             "use decrypt to write every row in plaintext"
         )
     report = RekeyReport(location=backend.location, target=kid or PLAINTEXT)
+    await backend.begin_rewrite()
     after: tuple[str, int] | None = None
     while True:
         rows = await backend.scan_rows(after, batch_size)
@@ -154,6 +206,8 @@ async def reencode_all(
             report.raced += len(changes) - written
         if progress is not None:
             progress(report)
+    await _reencode_all_fields(backend, keyring, kid, report, batch_size)
+    await backend.finish_rewrite()
     report.remaining = await count_remaining(backend, kid, batch_size)
     logger.info(
         "re-encoding %s to %s: %d row(s) changed, %d remaining",
@@ -166,10 +220,22 @@ async def reencode_all(
 
 
 async def count_remaining(backend: Backend, kid: str | None, batch_size: int = 1000) -> int:
-    """How many item rows are not in the wanted form (sealed with ``kid``; ``None``: plain)."""
+    """How many item rows, titles and metadata are not in the wanted form.
+
+    The wanted form is sealed with ``kid``, or plain for ``None``.
+    """
     remaining = 0
     after: tuple[str, int] | None = None
     while rows := await backend.scan_rows(after, batch_size):
         after = (rows[-1].session_id, rows[-1].ref)
         remaining += sum(1 for row in rows if not _in_target(row.data, kid))
+    session_after: str | None = None
+    while fields := await backend.scan_session_fields(session_after, batch_size):
+        session_after = fields[-1].session_id
+        remaining += sum(
+            1
+            for stored in fields
+            for value in (stored.title, stored.metadata)
+            if value is not None and not _in_target(value, kid)
+        )
     return remaining

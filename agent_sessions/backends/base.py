@@ -131,6 +131,25 @@ class StoredRow:
 
 
 @dataclass(frozen=True)
+class StoredFields:
+    """A session's title and metadata as stored (sealed or not), for re-encoding them."""
+
+    session_id: str
+    title: str | None
+    metadata: str | None
+
+
+@dataclass(frozen=True)
+class FieldsChange:
+    """New title and metadata for a session, applied only if it still holds the old ones."""
+
+    session_id: str
+    old: StoredFields
+    title: str | None
+    metadata: str | None
+
+
+@dataclass(frozen=True)
 class RowChange:
     """A new payload (and clear columns) for a row, applied only if it still holds ``old``."""
 
@@ -427,5 +446,27 @@ class Backend(Protocol):
 
         Returns:
             How many rows were changed (a row changed or deleted meanwhile is left alone).
+        """
+        ...
+
+    async def scan_session_fields(self, after: str | None, limit: int) -> list[StoredFields]:
+        """Up to ``limit`` sessions after ``after`` (by id) with a title or metadata stored."""
+        ...
+
+    async def replace_session_fields(self, changes: Sequence[FieldsChange]) -> int:
+        """Apply the changes whose session still holds ``old``, in one short transaction."""
+        ...
+
+    async def begin_rewrite(self) -> None:
+        """Before re-encoding: zero what is overwritten, where the database can.
+
+        SQLite: ``secure_delete`` on this backend's connection.
+        """
+        ...
+
+    async def finish_rewrite(self) -> None:
+        """After re-encoding: drop old versions, where the database can.
+
+        SQLite: a ``TRUNCATE`` checkpoint of the WAL.
         """
         ...

@@ -34,7 +34,7 @@ from agent_sessions import (
 )
 from agent_sessions.backends import open_backend
 from agent_sessions.copying import copy_database
-from agent_sessions.encryption import Keyring, stored_key_id
+from agent_sessions.encryption import Keyring, is_encrypted, stored_key_id
 from agent_sessions.pruning import cut_index
 from agent_sessions.rekeying import count_remaining, reencode_all
 from tests.contract.helpers import is_postgres, pg_query
@@ -468,3 +468,40 @@ async def test_search_needs_the_plaintext_index_opted_in(target: str) -> None:
     assert [(hit.conversation_id, hit.title) for hit in hits] == [
         ("indexed", "Recipe for rye bread")
     ]
+
+
+def raw_fields(target: str) -> list[tuple[str | None, str | None]]:
+    """Every session's stored ``(title, metadata)``."""
+    if is_postgres(target):
+        rows = pg_query(target, "SELECT title, metadata FROM agent_sessions_session ORDER BY 1")
+    else:
+        with closing(sqlite3.connect(target)) as conn:
+            rows = conn.execute("SELECT title, metadata FROM agent_sessions ORDER BY 1").fetchall()
+    return [(row[0], row[1]) for row in rows]
+
+
+async def test_encrypt_rotate_and_decrypt_cover_titles_and_metadata(target: str) -> None:
+    for number in range(3):
+        with session(target, f"f{number}", key=None) as s:  # a plain database
+            await s.add_items([user(f"Title {number} of a plain conversation")])
+            await s.set_metadata({"note": f"metadata {number}"})
+
+    async def fields_with(keys: Any) -> list[tuple[str | None, dict[str, Any]]]:
+        async with SessionManager(target, encryption_key=keys) as manager:
+            return [(s.title, s.metadata) for s in await manager.list_sessions("u")]
+
+    expected = sorted(
+        (f"Title {n} of a plain conversation", {"note": f"metadata {n}"}) for n in range(3)
+    )
+    assert (await _rekey(target, KEY, "newest")).verified
+    assert all(is_encrypted(value) for pair in raw_fields(target) for value in pair)
+    assert sorted(await fields_with(KEY)) == expected
+    assert await fields_with(None) == [(None, {})] * 3  # sealed: not shown without the key
+    rotated = await _rekey(target, f"{NEW_KEY},{KEY}", "newest")
+    assert (rotated.verified, rotated.fields_changed) == (True, 3)
+    assert sorted(await fields_with(NEW_KEY)) == expected  # the old key is no longer needed
+    with session(target, "f0", key=NEW_KEY) as s:
+        assert await s.get_title() == "Title 0 of a plain conversation"
+    assert (await _rekey(target, NEW_KEY, "plaintext")).verified
+    assert not any(is_encrypted(value) for pair in raw_fields(target) for value in pair)
+    assert sorted(await fields_with(None)) == expected

@@ -32,6 +32,7 @@ from ...search import folded_words
 from ..base import (
     SWEEP_HISTORY,
     UNCHANGED,
+    FieldsChange,
     HealthFacts,
     ListPosition,
     Owner,
@@ -39,6 +40,7 @@ from ..base import (
     SessionDump,
     SessionFields,
     SessionKey,
+    StoredFields,
     StoredRow,
     Totals,
 )
@@ -660,6 +662,32 @@ class PostgresBackend:
             )
             for row in rows
         ]
+
+    async def scan_session_fields(self, after: str | None, limit: int) -> list[StoredFields]:
+        """See ``Backend.scan_session_fields``."""
+        rows = await self._fetchall(sql.SCAN_FIELDS, {"after": after or "", "limit": limit})
+        return [StoredFields(row[0], row[1], row[2]) for row in rows]
+
+    async def replace_session_fields(self, changes: Sequence[FieldsChange]) -> int:
+        """See ``Backend.replace_session_fields``."""
+        if not changes:
+            return 0
+        params = {
+            "sid": [change.session_id for change in changes],
+            "title": [change.title for change in changes],
+            "metadata": [change.metadata for change in changes],
+            "old_title": [change.old.title for change in changes],
+            "old_metadata": [change.old.metadata for change in changes],
+        }
+        async with self._transaction() as conn:
+            cursor = await conn.execute(sql.REPLACE_FIELDS, params)
+        return cursor.rowcount
+
+    async def begin_rewrite(self) -> None:
+        """Nothing to do: old row versions stay until VACUUM (see the README)."""
+
+    async def finish_rewrite(self) -> None:
+        """Nothing to do: autovacuum reclaims old row versions (VACUUM to do it now)."""
 
     async def replace_rows(self, changes: Sequence[RowChange]) -> int:
         """See ``Backend.replace_rows``."""

@@ -396,3 +396,14 @@ FINISH_SWEEP = f"""
     UPDATE {SWEEPS} SET finished_at = %(finished)s, outcome = %(outcome)s,
         sessions_deleted = %(deleted)s, error = %(error)s
     WHERE id = %(id)s"""
+SCAN_FIELDS = f"""
+    SELECT session_id, title, metadata FROM {SESSIONS}
+    WHERE session_id > %(after)s AND (title IS NOT NULL OR metadata IS NOT NULL)
+    ORDER BY session_id LIMIT %(limit)s"""
+REPLACE_FIELDS = f"""
+    UPDATE {SESSIONS} AS s SET title = c.title, metadata = c.metadata
+    FROM unnest(%(sid)s::text[], %(title)s::text[], %(metadata)s::text[],
+                %(old_title)s::text[], %(old_metadata)s::text[])
+        AS c(sid, title, metadata, old_title, old_metadata)
+    WHERE s.session_id = c.sid AND s.title IS NOT DISTINCT FROM c.old_title
+        AND s.metadata IS NOT DISTINCT FROM c.old_metadata"""

@@ -25,6 +25,7 @@ from ...pruning import Item
 from .. import is_url, redact_url
 from ..base import (
     UNCHANGED,
+    FieldsChange,
     HealthFacts,
     ListPosition,
     Owner,
@@ -32,6 +33,7 @@ from ..base import (
     SessionDump,
     SessionFields,
     SessionKey,
+    StoredFields,
     StoredRow,
     Totals,
 )
@@ -498,6 +500,22 @@ class SQLiteBackend:
     async def replace_rows(self, changes: Sequence[RowChange]) -> int:
         """See ``Backend.replace_rows``."""
         return await self._run(lambda conn: sql.replace_rows(conn, changes), write=True)
+
+    async def scan_session_fields(self, after: str | None, limit: int) -> list[StoredFields]:
+        """See ``Backend.scan_session_fields``."""
+        return await self._run(lambda conn: sql.scan_session_fields(conn, after, limit))
+
+    async def replace_session_fields(self, changes: Sequence[FieldsChange]) -> int:
+        """See ``Backend.replace_session_fields``."""
+        return await self._run(lambda conn: sql.replace_session_fields(conn, changes), write=True)
+
+    async def begin_rewrite(self) -> None:
+        """See ``Backend.begin_rewrite``: what this connection overwrites is zeroed."""
+        await self._run(lambda conn: conn.execute("PRAGMA secure_delete = ON").close())
+
+    async def finish_rewrite(self) -> None:
+        """See ``Backend.finish_rewrite``: the WAL's old frames are checkpointed and dropped."""
+        await self._run(lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").close())
 
     def __repr__(self) -> str:
         return f"SQLiteBackend({self.path!r})"

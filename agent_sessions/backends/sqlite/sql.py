@@ -40,11 +40,13 @@ from ...search import MIN_PREFIX_CHARS, indexed_text, owner_token, snippet
 from ..base import (
     SWEEP_HISTORY,
     UNCHANGED,
+    FieldsChange,
     ListPosition,
     RowChange,
     SessionDump,
     SessionFields,
     SessionKey,
+    StoredFields,
     StoredRow,
     Totals,
 )
@@ -942,5 +944,43 @@ def replace_rows(conn: sqlite3.Connection, changes: Sequence[RowChange]) -> int:
     for change in changes:
         changed += conn.execute(
             REPLACE_ROW, (change.new, *change.clear, change.ref, change.old)
+        ).rowcount
+    return changed
+
+
+SCAN_FIELDS = (
+    f"SELECT session_id, title, metadata FROM {SESSIONS_TABLE} WHERE session_id > ? "
+    "AND (title IS NOT NULL OR metadata IS NOT NULL) ORDER BY session_id LIMIT ?"
+)
+# Compare-and-set: "IS" matches NULL to NULL.
+REPLACE_FIELDS = (
+    f"UPDATE {SESSIONS_TABLE} SET title = ?, metadata = ? "
+    "WHERE session_id = ? AND title IS ? AND metadata IS ?"
+)
+
+
+def scan_session_fields(
+    conn: sqlite3.Connection, after: str | None, limit: int
+) -> list[StoredFields]:
+    """Up to ``limit`` sessions after ``after`` holding a title or metadata, by id."""
+    return [
+        StoredFields(row[0], _text(row[1]), _text(row[2]))
+        for row in conn.execute(SCAN_FIELDS, (after or "", limit))
+    ]
+
+
+def replace_session_fields(conn: sqlite3.Connection, changes: Sequence[FieldsChange]) -> int:
+    """Apply ``changes`` where the session still holds their ``old`` fields; inside a write."""
+    changed = 0
+    for change in changes:
+        changed += conn.execute(
+            REPLACE_FIELDS,
+            (
+                change.title,
+                change.metadata,
+                change.session_id,
+                change.old.title,
+                change.old.metadata,
+            ),
         ).rowcount
     return changed
