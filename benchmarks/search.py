@@ -89,7 +89,7 @@ def build(path: Path, conversations: int, per_conversation: int, seed: int = 7) 
             conn.execute(sql.UPSERT_SESSION, (session_id, USER, conversation, now - c, now - c))
             batch = [message(n) for n in range(per_conversation)]
             rows = list(zip(batch, encode_items(batch), strict=True))
-            sql.insert_rows(conn, session_id, USER, rows)
+            sql.insert_rows(conn, session_id, rows)
         conn.execute("COMMIT")
     return words
 
