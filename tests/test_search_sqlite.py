@@ -264,3 +264,23 @@ async def test_an_adopted_table_without_autoincrement_never_reuses_an_indexed_id
         assert await found(path, "swallow") == [sid]
         assert await found(path, "swift") == []
     assert sorted(indexed(path)) == ["one", "swallow three"]
+
+
+async def test_a_copied_session_is_found_in_the_copy_and_a_reload_leaves_no_stale_entry(
+    tmp_path: Path,
+) -> None:
+    from agent_sessions.copying import copy_database
+
+    source, copy = tmp_path / "a.db", tmp_path / "b.db"
+    with AgentSession("ada", "c1", db_path=source) as session:
+        await session.add_items([user("pelican copied")])  # type: ignore[list-item]
+        sid = session.session_id
+    await copy_database(source, copy)
+    assert await found(copy, "pelican") == [sid]
+    with AgentSession("ada", "c1", db_path=source) as session:
+        await session.clear_session()
+        await session.add_items([user("albatross instead")])  # type: ignore[list-item]
+    await copy_database(source, copy)  # replaces the copy's session: its entries go with it
+    assert await found(copy, "pelican") == []
+    assert await found(copy, "albatross") == [sid]
+    assert indexed(copy) == ["albatross instead"]
