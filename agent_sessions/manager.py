@@ -210,6 +210,10 @@ class SessionManager:
             pool=pool_options(settings),
             search_index=self.search_index,
             keyring=self._keyring,
+            # Encrypted rows' text goes into the index only with the plaintext index opted in.
+            index_sealed=self.search_index
+            and self._keyring is not None
+            and bool(resolve_setting(None, "search_plaintext_index", settings)),
         )
         self.db_path = self._backend.location
         # Kept for the scheduler, which takes the schedule (hour, minute, zone) from them.

@@ -86,6 +86,7 @@ def open_backend(
     pool: PoolOptions | None = None,
     search_index: bool = True,
     keyring: Keyring | None = None,
+    index_sealed: bool = False,
 ) -> Backend:
     """The backend for a database target: a SQLite path, or a ``postgresql://`` URL.
 
@@ -97,6 +98,8 @@ def open_backend(
         pool: PostgreSQL only: the shared pool's sizes and timeouts.
         search_index: Index message text for search as items are written.
         keyring: Opens (and lets sessions write) encrypted items; see ``encryption``.
+        index_sealed: SQLite only: its deferred indexer indexes the text of encrypted rows
+            too, opened with ``keyring`` (the plaintext index is opted into).
 
     Raises:
         InvalidArgumentError: if ``target`` is not a path, or a URL of a database kind not
@@ -108,7 +111,12 @@ def open_backend(
         from .sqlite import SQLiteBackend
 
         return SQLiteBackend(
-            target, create=create, offload=offload, search_index=search_index, keyring=keyring
+            target,
+            create=create,
+            offload=offload,
+            search_index=search_index,
+            keyring=keyring,
+            index_sealed=index_sealed,
         )
     url = str(target)
     scheme = url.split("://", 1)[0].lower()

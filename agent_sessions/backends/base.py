@@ -13,9 +13,10 @@ Conventions every backend keeps:
   byte; rows that do not decode are set aside as corrupt (``codec.DecodedRows``).
 * Every write (``append_items``, ``pop_item``, ``delete_session``, ``prune_session``, each
   cleanup batch) is one transaction: done whole or not at all.
-* Message text (``search.indexed_text``) is indexed for search as items are written, unless
-  the backend was made with ``search_index=False``; an item's index entry goes with it, on
-  every path that deletes it.
+* Message text (``search.indexed_text``) is indexed for search, unless the backend was made
+  with ``search_index=False``: PostgreSQL as items are written, SQLite in batches before
+  ``search_sessions`` searches (and in ``finish_cleanup``), so a committed item is always
+  found by the next search; an item's index entry goes with it, on every path that deletes it.
 * Errors are the library's: driver errors leave a backend only as ``StorageError``
   subclasses naming ``location``.
 """

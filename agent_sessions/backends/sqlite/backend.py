@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ from ...errors import (
     InvalidArgumentError,
     InvalidIdentifierError,
     SessionClosedError,
+    StorageError,
     StorageUnavailableError,
 )
 from ...ids import legacy_owner
@@ -49,6 +51,8 @@ from .engine import Engine, EngineClosed, registry
 
 T = TypeVar("T")
 
+logger = logging.getLogger("agent_sessions")
+
 _inherited_executors: list[ThreadPoolExecutor] = []  # a parent's, kept unused after a fork
 
 CHECKPOINT_EVERY_CLEANUP_BATCHES = 50
@@ -72,6 +76,7 @@ class SQLiteBackend:
         offload: bool = False,
         search_index: bool = True,
         keyring: Keyring | None = None,
+        index_sealed: bool = False,
     ) -> None:
         """Resolve the path; nothing is opened yet (``":memory:"`` excepted).
 
@@ -83,9 +88,13 @@ class SQLiteBackend:
             offload: Run every operation in a worker thread of its own rather than in the
                 event loop's thread: for the manager's longer operations (listing, stats,
                 cleanup).
-            search_index: Index message text for ``search_sessions`` as items are written.
+            search_index: Let message text written here be indexed for ``search_sessions``
+                (in batches: before each search, and by the cleanup sweep); with ``False``
+                rows are written marked to stay out of the index, and nothing is indexed.
             keyring: Opens encrypted rows on reads; without one, reads of encrypted rows and
                 writes to a session holding them raise ``EncryptionKeyError``.
+            index_sealed: Index the text of encrypted rows too (opened with ``keyring``):
+                the plaintext index was opted into.
 
         Raises:
             InvalidArgumentError: if ``db_path`` is not a path.
@@ -104,6 +113,7 @@ class SQLiteBackend:
         self._memory = Engine(":memory:") if self.path == ":memory:" else None
         self._cleanup_batches = 0
         self._keyring = keyring
+        self._index_keyring = keyring if index_sealed else None
 
     @property
     def location(self) -> str:
@@ -403,12 +413,35 @@ class SQLiteBackend:
     async def search_sessions(
         self, user_id: str, terms: Sequence[str], limit: int, active_since: float | None
     ) -> list[SearchHit]:
-        """See ``Backend.search_sessions``."""
-        return await self._run(
-            lambda conn: sql.search_sessions(
-                conn, user_id, terms, limit, active_since, self._keyring
-            )
-        )
+        """See ``Backend.search_sessions``; first indexes every row written since the last.
+
+        The pending check shares the search's own read: with nothing pending (searches in a
+        row) a search costs what it did when rows were indexed as they were written.
+        """
+
+        def search(conn: sqlite3.Connection) -> list[SearchHit]:
+            return sql.search_sessions(conn, user_id, terms, limit, active_since, self._keyring)
+
+        def search_if_current(conn: sqlite3.Connection) -> list[SearchHit] | None:
+            return None if sql.any_pending(conn) else search(conn)
+
+        if self._search_index:
+            hits = await self._run(search_if_current)
+            if hits is not None:
+                return hits
+            await self.index_pending()
+        return await self._run(search)
+
+    async def index_pending(self) -> None:
+        """Index every row written since the last indexing, a batch per short transaction.
+
+        A no-op with ``search_index=False``: this process then does not index.
+        """
+        if not self._search_index:
+            return
+        keyring = self._index_keyring
+        while await self._run(lambda conn: sql.index_pending(conn, keyring), write=True):
+            pass
 
     async def session_ids(self) -> list[str]:
         """See ``Backend.session_ids``."""
@@ -443,7 +476,17 @@ class SQLiteBackend:
         )
 
     async def finish_cleanup(self) -> None:
-        """Checkpoint the WAL passively: it never blocks readers or writers."""
+        """Index pending rows, then checkpoint the WAL passively (never blocking anyone).
+
+        Indexing here keeps the backlog a search finds small.
+
+        A failure to index (a full disk) is logged, not raised: the sweep's deletes stand,
+        and the next search indexes those rows (or raises).
+        """
+        try:
+            await self.index_pending()
+        except StorageError:
+            logger.warning("agent_sessions: could not index rows for search", exc_info=True)
         await self._run(lambda conn: conn.execute(CHECKPOINT_PASSIVE).close())
 
     # --- health ---

@@ -35,6 +35,7 @@ SCHEMA_TABLE = "agent_sessions_schema"
 TURN_LOCKS_TABLE = "agent_sessions_turn_locks"
 SWEEPS_TABLE = "agent_sessions_sweeps"
 SEARCH_TABLE = "agent_sessions_search"
+SEARCH_STATE_TABLE = "agent_sessions_search_state"
 
 # The SDK's naive-UTC CURRENT_TIMESTAMP text (whole seconds) as POSIX seconds. strftime('%s')
 # is exact where julianday() arithmetic is off by microseconds, and unlike unixepoch() it
@@ -360,6 +361,59 @@ def _add_clear_columns(conn: sqlite3.Connection) -> None:
             conn.execute(f"ALTER TABLE {MESSAGES_TABLE} ADD COLUMN {column} {kind}")
 
 
+def _defer_index(conn: sqlite3.Connection) -> None:
+    # Indexing moves off the write path: a turn inserts its rows only, and the rows above a
+    # watermark (the highest message id dealt with) are indexed in batches before each
+    # search and by the cleanup sweep (sql.index_pending). Every row there is now counts as
+    # dealt with: it was indexed as it was written, or deliberately not.
+    conn.execute(
+        f"""CREATE TABLE IF NOT EXISTS {SEARCH_STATE_TABLE} (
+            only_row INTEGER PRIMARY KEY CHECK (only_row = 1),
+            indexed_through INTEGER NOT NULL
+        )"""
+    )
+    conn.execute(
+        f"INSERT OR IGNORE INTO {SEARCH_STATE_TABLE} (only_row, indexed_through) "
+        f"SELECT 1, COALESCE(MAX(id), 0) FROM {MESSAGES_TABLE}"
+    )
+    # Rows written with search off (search_index=False, or sealed without the plaintext
+    # index) are marked, so the indexer leaves them out as the write path used to. NULL (a
+    # search-on writer, a plain SQLiteSession) is indexable: those writes cost nothing more.
+    if "search_skip" not in _columns(conn, MESSAGES_TABLE):
+        conn.execute(f"ALTER TABLE {MESSAGES_TABLE} ADD COLUMN search_skip INTEGER")
+    # A pending row has no entry: deleting it (pruning, cleanup) touches no index page.
+    conn.execute(f"DROP TRIGGER IF EXISTS {MESSAGES_TABLE}_search_delete")
+    conn.execute(
+        f"""CREATE TRIGGER {MESSAGES_TABLE}_search_delete
+            AFTER DELETE ON {MESSAGES_TABLE}
+            WHEN OLD.id <= (SELECT indexed_through FROM {SEARCH_STATE_TABLE})
+            BEGIN
+                DELETE FROM {SEARCH_TABLE} WHERE rowid = OLD.id;
+            END"""
+    )
+    # Without AUTOINCREMENT (an adopted table of another shape) SQLite reuses the ids above
+    # the largest left: deleting the newest rows must pull the watermark down with them, or
+    # a new row could get an id the indexer already passed. The SDK's table never reuses.
+    # (It deletes the entry itself too: the order two triggers fire in is not documented.)
+    sql = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (MESSAGES_TABLE,)
+    ).fetchone()
+    conn.execute(f"DROP TRIGGER IF EXISTS {MESSAGES_TABLE}_search_reuse")
+    if not (sql and "AUTOINCREMENT" in (sql[0] or "").upper()):
+        conn.execute(
+            f"""CREATE TRIGGER {MESSAGES_TABLE}_search_reuse
+                AFTER DELETE ON {MESSAGES_TABLE}
+                WHEN OLD.id >= (SELECT indexed_through FROM {SEARCH_STATE_TABLE})
+                BEGIN
+                    DELETE FROM {SEARCH_TABLE} WHERE rowid = OLD.id
+                        AND OLD.id <= (SELECT indexed_through FROM {SEARCH_STATE_TABLE});
+                    UPDATE {SEARCH_STATE_TABLE} SET indexed_through = MIN(
+                        indexed_through, (SELECT COALESCE(MAX(id), 0) FROM {MESSAGES_TABLE})
+                    );
+                END"""
+        )
+
+
 CLEAR_COLUMNS = (
     ("is_user", "INTEGER"),
     ("call_key", "TEXT"),
@@ -378,6 +432,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "add the full-text search index of message text", _add_search_index),
     Migration(7, "record the latest cleanup sweeps", _add_sweeps),
     Migration(8, "keep what pruning needs of an encrypted item in clear", _add_clear_columns),
+    Migration(9, "index message text for search in batches, off the write path", _defer_index),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -52,6 +52,7 @@ from ..base import (
 )
 from .schema import (
     MESSAGES_TABLE,
+    SEARCH_STATE_TABLE,
     SEARCH_TABLE,
     SESSIONS_TABLE,
     SWEEPS_TABLE,
@@ -105,6 +106,12 @@ INSERT_ITEM_ROW = (
     f"INSERT INTO {MESSAGES_TABLE} "
     "(session_id, message_data, is_user, call_key, answer_key, is_reasoning) "
     "VALUES (?, ?, ?, ?, ?, ?)"
+)
+# A row written with search off: the indexer passes over it (migration 9).
+INSERT_UNSEARCHABLE_ROW = (
+    f"INSERT INTO {MESSAGES_TABLE} "
+    "(session_id, message_data, is_user, call_key, answer_key, is_reasoning, search_skip) "
+    "VALUES (?, ?, ?, ?, ?, ?, 1)"
 )
 UPSERT_SESSION = f"""
     INSERT INTO {SESSIONS_TABLE}
@@ -278,8 +285,8 @@ def append_items(
     insert_rows(
         conn,
         key.session_id,
-        key.user_id if index else None,
         [(item, payload, clear_columns(item)) for item, payload in rows],
+        searchable=index,
     )
     return prune(conn, key.session_id, max_items)
 
@@ -287,28 +294,17 @@ def append_items(
 def insert_rows(
     conn: sqlite3.Connection,
     session_id: str,
-    index_for: str | None,
     rows: Sequence[tuple[Item | None, str, ClearColumns]],
+    *,
+    searchable: bool = True,
 ) -> None:
-    """Insert ``(item, payload, clear columns)`` rows in order, indexing text as ``index_for``'s.
+    """Insert ``(item, payload, clear columns)`` rows in order.
 
-    With ``index_for=None`` nothing is indexed (search is off, or the owner is unknown).
-    Pruning and every other delete remove the entries again (the trigger of migration 6).
+    Nothing is indexed here: ``index_pending`` indexes the rows later, before the next
+    search, unless they are written with ``searchable=False`` (search is off).
     """
-    if index_for is None:
-        conn.executemany(
-            INSERT_ITEM_ROW, [(session_id, payload, *clear) for _, payload, clear in rows]
-        )
-        return
-    owner = owner_token(index_for)
-    entries = []
-    for item, payload, clear in rows:
-        cursor = conn.execute(INSERT_ITEM_ROW, (session_id, payload, *clear))
-        text = indexed_text(item)
-        if text is not None:
-            entries.append((cursor.lastrowid, text, owner, session_id))
-    if entries:
-        conn.executemany(INSERT_SEARCH_ENTRY, entries)
+    statement = INSERT_ITEM_ROW if searchable else INSERT_UNSEARCHABLE_ROW
+    conn.executemany(statement, [(session_id, payload, *clear) for _, payload, clear in rows])
 
 
 @dataclass(frozen=True)
@@ -551,7 +547,7 @@ def load_session(conn: sqlite3.Connection, dump: SessionDump, *, index: bool = T
     """Replace a session with ``dump``, inside the caller's write transaction.
 
     ``late_call_row`` is left unknown, so the next prune checks the session whole. With
-    ``index``, message text is indexed for search.
+    ``index``, message text is indexed for search (by ``index_pending``, later).
     """
     delete_session(conn, dump.session_id)
     conn.execute(
@@ -566,14 +562,15 @@ def load_session(conn: sqlite3.Connection, dump: SessionDump, *, index: bool = T
             dump.metadata,
         ),
     )
-    owner = dump.user_id if index else None
     clear = dump.clear or (None,) * len(dump.payloads)
     rows: list[tuple[Item | None, str, ClearColumns]] = []
     for payload, columns in zip(dump.payloads, clear, strict=True):
-        # A sealed payload is copied as stored, with its clear columns, and not indexed.
-        item = None if is_encrypted(payload) else decode_item(payload)
-        rows.append((item if owner else None, payload, columns or clear_columns(item or {})))
-    insert_rows(conn, dump.session_id, owner, rows)
+        # A sealed payload is copied as stored, with its clear columns.
+        if columns is None:
+            item = None if is_encrypted(payload) else decode_item(payload)
+            columns = clear_columns(item or {})
+        rows.append((None, payload, columns))
+    insert_rows(conn, dump.session_id, rows, searchable=index)
 
 
 # --- many sessions ---------------------------------------------------------------------
@@ -769,6 +766,72 @@ SEARCH_SESSIONS = f"""
 # The best messages' text, by rowid alone: no MATCH, for FTS5's snippet() seeks every
 # phrase's doclist to each row, which takes milliseconds a row for a word in most messages.
 _TEXTS = f"SELECT rowid, body FROM {SEARCH_TABLE} WHERE rowid IN ({{marks}})"
+
+
+INDEX_BATCH = 500
+"""Rows ``index_pending`` reads, decodes and indexes per write transaction."""
+
+SELECT_INDEXED_THROUGH = f"SELECT indexed_through FROM {SEARCH_STATE_TABLE}"
+SELECT_ANY_PENDING = (
+    f"SELECT EXISTS (SELECT 1 FROM {MESSAGES_TABLE} WHERE id > ({SELECT_INDEXED_THROUGH}))"
+)
+# The owner comes from the session row: the token a search narrows by. The payload is read
+# as bytes: a TEXT value that is not UTF-8 (a bit flip) must not fail every search after it.
+SELECT_PENDING = f"""
+    SELECT m.id, CAST(m.message_data AS BLOB), m.is_user, m.call_key, m.answer_key, m.is_reasoning,
+        m.session_id, s.user_id, m.search_skip
+    FROM {MESSAGES_TABLE} AS m LEFT JOIN {SESSIONS_TABLE} AS s ON s.session_id = m.session_id
+    WHERE m.id > ? ORDER BY m.id LIMIT ?"""
+SET_INDEXED_THROUGH = f"UPDATE {SEARCH_STATE_TABLE} SET indexed_through = ?"
+
+
+def any_pending(conn: sqlite3.Connection) -> bool:
+    """Whether rows above the watermark wait to be indexed."""
+    return bool(conn.execute(SELECT_ANY_PENDING).fetchone()[0])
+
+
+def index_pending(
+    conn: sqlite3.Connection, keyring: Keyring | None, limit: int = INDEX_BATCH
+) -> bool:
+    """Index up to ``limit`` rows above the watermark and move it past them; inside a write.
+
+    Rows of every user are indexed, oldest first. Passed over: rows written with search off,
+    rows of a session without an owner, text that does not decode, and sealed rows unless
+    ``keyring`` is given (the plaintext index is opted into) and opens them.
+
+    Returns:
+        Whether rows may still be pending (a full batch was read).
+    """
+    (through,) = conn.execute(SELECT_INDEXED_THROUGH).fetchone()
+    rows = conn.execute(SELECT_PENDING, (through, limit)).fetchall()
+    if not rows:
+        return False
+    tokens: dict[str, str] = {}
+    entries = []
+    for row in rows:
+        row_id, data, session_id, user_id, skip = row[0], row[1], row[6], row[7], row[8]
+        if skip or not isinstance(user_id, str):
+            continue
+        if is_encrypted(data):
+            if keyring is None:
+                continue
+            try:
+                item = open_row(row[:6], keyring, session_id)
+            except EncryptionKeyError:
+                continue
+        else:
+            item = decode_item(data)
+        text = indexed_text(item)
+        if text is None:
+            continue
+        token = tokens.get(user_id)
+        if token is None:
+            token = tokens[user_id] = owner_token(user_id)
+        entries.append((row_id, text, token, session_id))
+    if entries:
+        conn.executemany(INSERT_SEARCH_ENTRY, entries)
+    conn.execute(SET_INDEXED_THROUGH, (rows[-1][0],))
+    return len(rows) == limit
 
 
 def _quoted(word: str) -> str:
