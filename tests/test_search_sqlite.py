@@ -284,3 +284,24 @@ async def test_a_copied_session_is_found_in_the_copy_and_a_reload_leaves_no_stal
     assert await found(copy, "pelican") == []
     assert await found(copy, "albatross") == [sid]
     assert indexed(copy) == ["albatross instead"]
+
+
+async def test_expired_sessions_do_not_crowd_out_the_candidates(tmp_path: Path) -> None:
+    # More matching messages than a search ranks, all in a session that has expired: the
+    # active conversation with one match is still found.
+    from datetime import UTC, datetime
+
+    from tests.conftest import FakeClock
+
+    path = tmp_path / "crowd.db"
+    clock = FakeClock(datetime(2026, 1, 1, tzinfo=UTC))
+    with AgentSession("u", "old", db_path=path, clock=clock, max_messages=10_000) as old:
+        await old.add_items([user("meet in oslo")])
+    with AgentSession("u", "busy", db_path=path, clock=clock, max_messages=10_000) as busy:
+        await busy.add_items([user(f"oslo again {n}") for n in range(2100)])
+    clock.advance(days=8)  # both idle past the default 7 days: expired
+    with AgentSession("u", "old", db_path=path, clock=clock, max_messages=10_000) as old:
+        await old.add_items([user("oslo once more")])  # starts "old" afresh, active
+    async with SessionManager(path, clock=clock) as manager:
+        hits = await manager.search_sessions("u", "oslo")
+    assert [hit.conversation_id for hit in hits] == ["old"]

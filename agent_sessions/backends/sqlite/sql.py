@@ -741,8 +741,9 @@ def list_idle_sessions(
 # --- search ------------------------------------------------------------------------------
 
 SEARCH_CANDIDATES = 2000
-"""Matching messages ranked per search: the user's newest. A word in more of their messages
-(one they use all the time) is ranked among these only, so a search's cost stays bounded."""
+"""Matching messages ranked per search: the user's newest, in sessions not expired. A word in
+more of their messages (one they use all the time) is looked for among these only, so a
+search's cost stays bounded: older matches are not found."""
 
 # The best entry of each of the user's sessions among the newest SEARCH_CANDIDATES matches:
 # FTS5 matches only the owner's entries (newest first, by rowid, without ranking them all),
@@ -751,9 +752,11 @@ SEARCH_CANDIDATES = 2000
 # row max() picks. The session row is checked for the owner too: the token only narrows.
 SEARCH_SESSIONS = f"""
     WITH candidates AS MATERIALIZED (
-        SELECT session_id, rowid AS row_id, -rank AS score
-        FROM {SEARCH_TABLE} WHERE {SEARCH_TABLE} MATCH ? AND rank MATCH 'bm25(1.0, 0.0)'
-        ORDER BY rowid DESC LIMIT {SEARCH_CANDIDATES}
+        SELECT f.session_id, f.rowid AS row_id, -f.rank AS score
+        FROM {SEARCH_TABLE} AS f JOIN {SESSIONS_TABLE} AS live ON live.session_id = f.session_id
+        WHERE {SEARCH_TABLE} MATCH ? AND f.rank MATCH 'bm25(1.0, 0.0)'
+            AND (? IS NULL OR live.last_activity_ts >= ?)
+        ORDER BY f.rowid DESC LIMIT {SEARCH_CANDIDATES}
     ), best AS (
         SELECT session_id, row_id, max(score) AS rank FROM candidates GROUP BY session_id
     )
@@ -860,7 +863,8 @@ def search_sessions(
         return []
     match = match_expression(user_id, terms)
     rows = conn.execute(
-        SEARCH_SESSIONS, (match, user_id, active_since, active_since, limit)
+        SEARCH_SESSIONS,
+        (match, active_since, active_since, user_id, active_since, active_since, limit),
     ).fetchall()
     if not rows:
         return []
