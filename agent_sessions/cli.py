@@ -657,6 +657,7 @@ async def _rekey(settings: AgentSessionSettings, args: argparse.Namespace, out: 
             target="plaintext" if args.command == "decrypt" else "newest",
             batch_size=args.batch_size,
             progress=progress,
+            keep_search_index=settings.search_plaintext_index,
         )
     finally:
         await backend.close()
@@ -671,6 +672,7 @@ async def _rekey(settings: AgentSessionSettings, args: argparse.Namespace, out: 
         "items_unreadable": report.unreadable,
         "titles_and_metadata_changed": report.fields_changed,
         "titles_and_metadata_unreadable": report.fields_unreadable,
+        "search_entries_dropped": report.search_entries_dropped,
         "remaining": report.remaining,
         "verified": report.verified,
     }

@@ -61,6 +61,8 @@ class RekeyReport:
     """Sessions whose title or metadata this run re-encoded."""
     fields_unreadable: int = 0
     """Sessions whose title or metadata no configured key opens (left alone)."""
+    search_entries_dropped: int = 0
+    """Search index entries deleted (their text was in clear; see ``keep_search_index``)."""
     remaining: int = 0
     """Rows, and sessions' titles or metadata, not in the wanted form at the final check (0:
     done and verified)."""
@@ -166,11 +168,14 @@ async def reencode_all(
     target: Target = "newest",
     batch_size: int = BATCH_SIZE,
     progress: Callable[[RekeyReport], None] | None = None,
+    keep_search_index: bool = False,
 ) -> RekeyReport:
     """Re-encode every item row to ``target``: sealed with the newest key, or plaintext.
 
     ``keyring`` opens the rows sealed so far; with ``target="newest"`` its first key must be
-    a real one (not ``PLAINTEXT``).
+    a real one (not ``PLAINTEXT``). Encrypting also deletes the search index, whose entries
+    hold message text in clear, unless ``keep_search_index`` (the app opted in to a plaintext
+    index: ``search_plaintext_index``).
 
     Raises:
         StorageError: (a subclass) if the database fails; what was written stays.
@@ -207,6 +212,8 @@ async def reencode_all(
         if progress is not None:
             progress(report)
     await _reencode_all_fields(backend, keyring, kid, report, batch_size)
+    if kid is not None and not keep_search_index:
+        report.search_entries_dropped = await backend.drop_search_index()
     await backend.finish_rewrite()
     report.remaining = await count_remaining(backend, kid, batch_size)
     logger.info(

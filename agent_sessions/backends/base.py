@@ -458,6 +458,13 @@ class Backend(Protocol):
         """Apply the changes whose session still holds ``old``, in one short transaction."""
         ...
 
+    async def drop_search_index(self) -> int:
+        """Delete every search index entry, in short transactions; how many there were.
+
+        For ``agent-sessions encrypt``: the index holds message text in clear.
+        """
+        ...
+
     async def begin_rewrite(self) -> None:
         """Before re-encoding: zero what is overwritten, where the database can.
 

@@ -505,3 +505,33 @@ async def test_encrypt_rotate_and_decrypt_cover_titles_and_metadata(target: str)
     assert (await _rekey(target, NEW_KEY, "plaintext")).verified
     assert not any(is_encrypted(value) for pair in raw_fields(target) for value in pair)
     assert sorted(await fields_with(None)) == expected
+
+
+async def test_encrypting_a_plain_database_leaves_no_text_in_clear(target: str) -> None:
+    marker = f"marker{random.getrandbits(48):012x}"
+    with session(target, "plain", key=None) as s:
+        await s.add_items([user(f"first {marker}"), assistant(f"reply {marker}")])
+        await s.set_metadata({"note": marker})
+    async with SessionManager(target) as manager:  # searching indexes the text, in clear
+        assert [hit.conversation_id for hit in await manager.search_sessions("u", marker)] == [
+            "plain"
+        ]
+    report = await _rekey(target, KEY, "newest")
+    assert report.verified
+    assert report.search_entries_dropped == 2
+    if is_postgres(target):
+        dump = pg_query(
+            target,
+            "SELECT (SELECT string_agg(t::text, ' ') FROM agent_sessions_item AS t) || "
+            "(SELECT string_agg(s::text, ' ') FROM agent_sessions_session AS s)",
+        )
+        assert marker not in str(dump[0][0])
+    else:
+        stored = [path.read_bytes() for path in (Path(target), Path(target + "-wal"))]
+        assert not any(marker.encode() in data for data in stored)
+    with session(target, "plain") as s:
+        assert await s.get_items() == [user(f"first {marker}"), assistant(f"reply {marker}")]
+        assert await s.get_title() == f"first {marker}"
+    async with SessionManager(target, encryption_key=KEY) as manager:
+        with pytest.raises(SearchUnavailableError):
+            await manager.search_sessions("u", marker)

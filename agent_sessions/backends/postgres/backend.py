@@ -683,6 +683,16 @@ class PostgresBackend:
             cursor = await conn.execute(sql.REPLACE_FIELDS, params)
         return cursor.rowcount
 
+    async def drop_search_index(self) -> int:
+        """See ``Backend.drop_search_index``: 1,000 items a transaction."""
+        dropped = 0
+        while True:
+            async with self._transaction() as conn:
+                cursor = await conn.execute(sql.DROP_SEARCH_BATCH, {"limit": 1000})
+            if not cursor.rowcount:
+                return dropped
+            dropped += cursor.rowcount
+
     async def begin_rewrite(self) -> None:
         """Nothing to do: old row versions stay until VACUUM (see the README)."""
 

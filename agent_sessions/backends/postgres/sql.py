@@ -407,3 +407,10 @@ REPLACE_FIELDS = f"""
         AS c(sid, title, metadata, old_title, old_metadata)
     WHERE s.session_id = c.sid AND s.title IS NOT DISTINCT FROM c.old_title
         AND s.metadata IS NOT DISTINCT FROM c.old_metadata"""
+DROP_SEARCH_BATCH = f"""
+    WITH batch AS (
+        SELECT session_id, seq FROM {ITEMS}
+        WHERE search_text IS NOT NULL OR search_vector IS NOT NULL LIMIT %(limit)s
+    )
+    UPDATE {ITEMS} AS i SET search_text = NULL, search_vector = NULL
+    FROM batch WHERE i.session_id = batch.session_id AND i.seq = batch.seq"""

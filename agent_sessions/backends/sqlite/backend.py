@@ -552,6 +552,14 @@ class SQLiteBackend:
         """See ``Backend.replace_session_fields``."""
         return await self._run(lambda conn: sql.replace_session_fields(conn, changes), write=True)
 
+    async def drop_search_index(self) -> int:
+        """See ``Backend.drop_search_index``: 500 entries a transaction, then a merge."""
+        dropped = 0
+        while done := await self._run(lambda conn: sql.drop_search_batch(conn, 500), write=True):
+            dropped += done
+        await self._run(lambda conn: conn.execute(sql.OPTIMIZE_SEARCH).close(), write=True)
+        return dropped
+
     async def begin_rewrite(self) -> None:
         """See ``Backend.begin_rewrite``: what this connection overwrites is zeroed."""
         await self._run(lambda conn: conn.execute("PRAGMA secure_delete = ON").close())

@@ -1051,3 +1051,16 @@ def replace_session_fields(conn: sqlite3.Connection, changes: Sequence[FieldsCha
             ),
         ).rowcount
     return changed
+
+
+DROP_SEARCH_BATCH = (
+    f"DELETE FROM {SEARCH_TABLE} WHERE rowid IN (SELECT rowid FROM {SEARCH_TABLE} LIMIT ?)"
+)
+# Merges the index's segments into one: the entries deleted leave its pages (FTS5 deletes
+# add tombstones; the text they hide stays in older segments until a merge).
+OPTIMIZE_SEARCH = f"INSERT INTO {SEARCH_TABLE} ({SEARCH_TABLE}) VALUES ('optimize')"
+
+
+def drop_search_batch(conn: sqlite3.Connection, limit: int) -> int:
+    """Delete up to ``limit`` search entries; inside a write transaction."""
+    return int(conn.execute(DROP_SEARCH_BATCH, (limit,)).rowcount)
