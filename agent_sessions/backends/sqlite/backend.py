@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, TypeVar
@@ -50,6 +52,12 @@ from .connection import (
 from .engine import Engine, EngineClosed, registry
 
 T = TypeVar("T")
+
+FIRST_INDEX_BATCH = 100
+"""Rows the first search-indexing transaction takes; later ones adapt (see index_pending)."""
+
+INDEX_TRANSACTION_SECONDS = 0.01
+"""Target length of one search-indexing transaction: a live writer waits about this long."""
 
 logger = logging.getLogger("agent_sessions")
 
@@ -432,16 +440,30 @@ class SQLiteBackend:
             await self.index_pending()
         return await self._run(search)
 
-    async def index_pending(self) -> None:
+    async def index_pending(self, *, yielding: bool = False) -> None:
         """Index every row written since the last indexing, a batch per short transaction.
 
-        A no-op with ``search_index=False``: this process then does not index.
+        Batches are sized to hold the write lock about ``INDEX_TRANSACTION_SECONDS`` (as
+        cleanup's are); with ``yielding`` (the sweep: nobody waits for it) as long is left
+        free after each, so live writers get their turn. A no-op with
+        ``search_index=False``: this process then does not index.
         """
         if not self._search_index:
             return
         keyring = self._index_keyring
-        while await self._run(lambda conn: sql.index_pending(conn, keyring), write=True):
-            pass
+        size = FIRST_INDEX_BATCH
+        while True:
+            started = time.perf_counter()
+            more = await self._run(
+                functools.partial(sql.index_pending, keyring=keyring, limit=size), write=True
+            )
+            held = time.perf_counter() - started
+            if not more:
+                return
+            scale = min(2.0, max(0.5, INDEX_TRANSACTION_SECONDS / max(held, 1e-6)))
+            size = max(10, min(sql.INDEX_BATCH * 4, math.ceil(size * scale)))
+            if yielding:
+                await asyncio.sleep(min(held, INDEX_TRANSACTION_SECONDS))
 
     async def session_ids(self) -> list[str]:
         """See ``Backend.session_ids``."""
@@ -484,7 +506,7 @@ class SQLiteBackend:
         and the next search indexes those rows (or raises).
         """
         try:
-            await self.index_pending()
+            await self.index_pending(yielding=True)
         except StorageError:
             logger.warning("agent_sessions: could not index rows for search", exc_info=True)
         await self._run(lambda conn: conn.execute(CHECKPOINT_PASSIVE).close())
